@@ -1,0 +1,3 @@
+from kuadeploy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,251 @@
+"""Event types (DESIGN §3): one msgspec Struct per type, and the stored envelope.
+
+A stored body is the canonical JSON of an envelope
+`{actor, data, seq, stream, ts, type, version}`. For every data Struct we derive
+an envelope Struct tagged with the type name, so one msgspec decoder over the
+tagged union checks the whole body against the typed schema in a single pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal, Union
+
+import msgspec
+
+from kuadeploy.entry import AppEntry
+
+Step = Literal["fetch", "migration_gate", "build", "migrate", "recreate", "verify", "rollback"]
+
+
+class EventData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Base of every event payload. The class name is the event type."""
+
+    Recorded: ClassVar[type]  # the envelope type for this payload, set below
+
+
+# --- registry (stream app/<name>, system) ----------------------------------------
+
+
+class AppRegistered(EventData, frozen=True):
+    app: str
+    entry: AppEntry
+
+
+class AppReplaced(EventData, frozen=True):
+    app: str
+    entry: AppEntry
+
+
+class AppPatched(EventData, frozen=True):
+    app: str
+    entry: AppEntry
+    patch: dict[str, Any]
+
+
+class AppRemoved(EventData, frozen=True):
+    app: str
+
+
+class LegacyRegistryImported(EventData, frozen=True):
+    path: str
+    sha256: str
+    apps: list[str]
+
+
+# --- deploys (stream deploy/<id>); every payload names its app -------------------
+
+
+class DeployRequested(EventData, frozen=True):
+    app: str
+    trigger: str  # api | webhook | rollback | cli | …
+    sha: str | None = None  # None: the branch head at fetch time
+    ref: str | None = None
+    force: bool = False
+    image_id: str | None = None  # set for a rollback: start this image, no rebuild
+    delivery: str | None = None
+    pusher: str | None = None
+
+
+class DeployStarted(EventData, frozen=True):
+    app: str
+    sha: str | None = None
+
+
+class StepStarted(EventData, frozen=True):
+    app: str
+    step: Step
+
+
+class StepSucceeded(EventData, frozen=True):
+    app: str
+    step: Step
+    detail: dict[str, Any] = {}
+
+
+class StepFailed(EventData, frozen=True):
+    app: str
+    step: Step
+    error: str
+    detail: dict[str, Any] = {}
+
+
+class MigrationGateHeld(EventData, frozen=True):
+    app: str
+    paths: list[str]
+    expires_at: str
+
+
+class MigrationApproved(EventData, frozen=True):
+    app: str
+
+
+class DeploySucceeded(EventData, frozen=True):
+    app: str
+    sha: str
+    image_id: str
+    container_id: str | None = None
+
+
+class DeployFailed(EventData, frozen=True):
+    app: str
+    reason: str
+    step: Step | None = None
+
+
+class RollbackStarted(EventData, frozen=True):
+    app: str
+    sha: str | None = None
+    image_id: str | None = None
+
+
+class RolledBack(EventData, frozen=True):
+    """`sha` None: there was no earlier release, the app was left stopped."""
+
+    app: str
+    sha: str | None = None
+    image_id: str | None = None
+    verified: bool = False
+    detail: str = ""
+
+
+class DeployCancelled(EventData, frozen=True):
+    app: str
+    reason: str = ""
+
+
+class DeploySuperseded(EventData, frozen=True):
+    app: str
+    by: str
+
+
+class DeployInterrupted(EventData, frozen=True):
+    app: str
+    reason: str = ""
+
+
+class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="type"):
+    """A stored event. `data` is narrowed to one payload type by each subclass."""
+
+    seq: int
+    ts: str
+    stream: str
+    version: int
+    actor: str
+    data: Any
+
+    @property
+    def type(self) -> str:
+        return self.__struct_config__.tag  # type: ignore[return-value]
+
+
+EVENT_TYPES: dict[str, type[EventData]] = {}
+
+
+class _DecoderCache:
+    def __init__(self) -> None:
+        self._decoder: msgspec.json.Decoder | None = None
+
+    def __call__(self) -> msgspec.json.Decoder:
+        if self._decoder is None:
+            union = Union[tuple(c.Recorded for c in EVENT_TYPES.values())]  # noqa: UP007
+            self._decoder = msgspec.json.Decoder(union)
+        return self._decoder
+
+    def cache_clear(self) -> None:
+        self._decoder = None
+
+
+_decoder = _DecoderCache()
+
+
+def register(cls: type[EventData]) -> type[EventData]:
+    """Give `cls` its envelope type and add it to the decodable union."""
+    name = cls.__name__
+    cls.Recorded = msgspec.defstruct(
+        name + "Recorded",
+        [("data", cls)],
+        bases=(Envelope,),
+        tag=name,
+        frozen=True,
+        forbid_unknown_fields=True,
+        module=__name__,
+    )
+    EVENT_TYPES[name] = cls
+    _decoder.cache_clear()
+    return cls
+
+
+for _cls in (
+    AppRegistered,
+    AppReplaced,
+    AppPatched,
+    AppRemoved,
+    LegacyRegistryImported,
+    DeployRequested,
+    DeployStarted,
+    StepStarted,
+    StepSucceeded,
+    StepFailed,
+    MigrationGateHeld,
+    MigrationApproved,
+    DeploySucceeded,
+    DeployFailed,
+    RollbackStarted,
+    RolledBack,
+    DeployCancelled,
+    DeploySuperseded,
+    DeployInterrupted,
+):
+    register(_cls)
+
+
+_encoder = msgspec.json.Encoder(order="sorted")
+
+TERMINAL_DEPLOY_TYPES = frozenset(
+    {
+        "DeploySucceeded",
+        "DeployFailed",
+        "RolledBack",
+        "DeployCancelled",
+        "DeploySuperseded",
+        "DeployInterrupted",
+    }
+)
+
+
+def decode(body: bytes) -> Envelope:
+    """Decode a stored body with the typed schema; raises msgspec.ValidationError/DecodeError."""
+    return _decoder().decode(body)
+
+
+def encode(envelope: Envelope) -> bytes:
+    """Canonical JSON: UTF-8, keys sorted at every level, no insignificant whitespace."""
+    return _encoder.encode(envelope)
+
+
+def envelope(
+    data: EventData, *, seq: int, ts: str, stream: str, version: int, actor: str
+) -> Envelope:
+    return type(data).Recorded(
+        seq=seq, ts=ts, stream=stream, version=version, actor=actor, data=data
+    )

@@ -1,0 +1,85 @@
+"""The hash chain, exactly as DESIGN §3 states it, and its verifier.
+
+hash[n] = SHA-256(hash[n-1] || body[n]), hash[0] = 32 zero bytes. The verifier
+works on the stored bytes only and stops at the first bad row with its reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from hashlib import sha256
+from typing import NamedTuple
+
+import msgspec
+
+from kuadeploy import events
+
+GENESIS_HASH = bytes(32)
+
+
+class Head(NamedTuple):
+    seq: int
+    hash: bytes
+
+
+GENESIS = Head(0, GENESIS_HASH)
+
+
+class VerifyResult(msgspec.Struct, frozen=True):
+    ok: bool
+    events: int  # rows checked in this run
+    head: Head  # last good (seq, hash)
+    first_bad_seq: int | None = None
+    reason: str | None = None
+
+    def to_json(self) -> dict:
+        out: dict = {"ok": self.ok, "events": self.events}
+        out["head"] = {"seq": self.head.seq, "hash": self.head.hash.hex()}
+        if not self.ok:
+            out["first_bad_seq"] = self.first_bad_seq
+            out["reason"] = self.reason
+        return out
+
+
+def chain_hash(prev: bytes, body: bytes) -> bytes:
+    return sha256(prev + body).digest()
+
+
+# A row as stored: (seq, stream, version, body, hash).
+Row = tuple[int, str, int, bytes, bytes]
+
+
+def verify_rows(rows: Iterable[Row], start: Head = GENESIS) -> VerifyResult:
+    """Check rows that should follow `start`, in seq order.
+
+    Reasons, in the order they are checked: a seq gap, a hash mismatch, a body that
+    does not decode with the typed schema, a body whose seq/stream/version differ
+    from the row's.
+    """
+    decode = events.decode
+    prev_seq, prev_hash = start
+    n = 0
+    for seq, stream, version, body, stored in rows:
+        expected = prev_seq + 1
+        if seq != expected:
+            return _bad(
+                n, prev_seq, prev_hash, expected, f"seq gap: row {expected} missing, found {seq}"
+            )
+        computed = sha256(prev_hash + body).digest()
+        if computed != stored:
+            return _bad(n, prev_seq, prev_hash, seq, "hash mismatch")
+        try:
+            ev = decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            return _bad(n, prev_seq, prev_hash, seq, f"body does not decode: {exc}")
+        if ev.seq != seq:
+            return _bad(n, prev_seq, prev_hash, seq, f"body seq {ev.seq} != row seq {seq}")
+        if ev.stream != stream or ev.version != version:
+            return _bad(n, prev_seq, prev_hash, seq, "body stream/version differ from the row's")
+        prev_seq, prev_hash = seq, stored
+        n += 1
+    return VerifyResult(ok=True, events=n, head=Head(prev_seq, prev_hash))
+
+
+def _bad(n: int, seq: int, hash_: bytes, bad: int, reason: str) -> VerifyResult:
+    return VerifyResult(ok=False, events=n, head=Head(seq, hash_), first_bad_seq=bad, reason=reason)
