@@ -100,6 +100,13 @@ class _Request:
         self.future = future
 
 
+class _Snapshot(NamedTuple):
+    seq: int
+    hash: bytes
+    format: int
+    state: bytes
+
+
 _STOP = object()
 Subscriber = Callable[[list[StoredEvent]], None]
 
@@ -168,6 +175,11 @@ class Ledger:
         self._queue.put_nowait(_Request(items, actor, future))
         return await future
 
+    def save_snapshot(self, seq: int, hash: bytes, fmt: int, state: bytes) -> None:
+        """Queue a projection snapshot; written by the writer after pending appends."""
+        if not self._closed:
+            self._queue.put_nowait(_Snapshot(seq, hash, fmt, state))
+
     async def close(self) -> None:
         """Finish every queued append, then close."""
         if not self._closed:
@@ -183,11 +195,14 @@ class Ledger:
         stopping = False
         while not stopping:
             batch: list[_Request] = []
+            snapshots: list[_Snapshot] = []
             item = await self._queue.get()
             rows = 0
             while True:
                 if item is _STOP:
                     stopping = True
+                elif isinstance(item, _Snapshot):
+                    snapshots.append(item)
                 else:
                     batch.append(item)
                     rows += len(item.items)
@@ -203,6 +218,11 @@ class Ledger:
                         if not req.future.done():
                             req.future.set_exception(exc)
                     self._reload()
+            for snap in snapshots:
+                try:
+                    await self._run(_insert_snapshot, snap)
+                except Exception:  # a snapshot is a cache: losing one costs only time
+                    log.exception("ledger snapshot at seq %d failed", snap.seq)
 
     async def _commit(self, batch: list[_Request]) -> None:
         for _attempt in range(3):
@@ -271,14 +291,17 @@ class Ledger:
             staged.append((req, stored, rows))
         return staged
 
-    async def _insert(self, rows: list[tuple]) -> None:
+    async def _run(self, fn: Callable, *args: object) -> float:
+        """Run a timed write on the loop, or on the commit thread while the disk is slow."""
         if not self._threaded:
-            elapsed = _insert_rows(self._writer, rows)
-        else:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(1, thread_name_prefix="ledger-commit")
-            loop = asyncio.get_running_loop()
-            elapsed = await loop.run_in_executor(self._executor, _insert_rows, self._writer, rows)
+            return fn(self._writer, *args)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="ledger-commit")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, self._writer, *args)
+
+    async def _insert(self, rows: list[tuple]) -> None:
+        elapsed = await self._run(_insert_rows, rows)
         self._commit_ewma = 0.8 * self._commit_ewma + 0.2 * elapsed
         if self._threaded and self._commit_ewma < _FAST_COMMIT_S:
             self._threaded = False
@@ -382,6 +405,14 @@ def _insert_rows(conn: sqlite3.Connection, rows: list[tuple]) -> float:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+    return time.perf_counter() - started
+
+
+def _insert_snapshot(conn: sqlite3.Connection, snap: _Snapshot) -> float:
+    started = time.perf_counter()
+    conn.execute(
+        "INSERT OR REPLACE INTO snapshots (seq, hash, format, state) VALUES (?, ?, ?, ?)", snap
+    )
     return time.perf_counter() - started
 
 

@@ -1,0 +1,95 @@
+"""Configuration (DESIGN §6): `kuadeploy.toml`, every key optional, env overrides."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+Role = Literal["reader", "deployer", "admin"]
+
+
+class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
+    docker: str
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_verify: bool = True
+
+
+class TokenConfig(msgspec.Struct, forbid_unknown_fields=True):
+    actor: str
+    role: Role
+    sha256: str
+
+
+class SecretsConfig(msgspec.Struct, forbid_unknown_fields=True):
+    command: list[str] | None = None
+    dir: str | None = None
+
+
+class WebhookConfig(msgspec.Struct, forbid_unknown_fields=True):
+    secret: str | None = None
+    repos: dict[str, str] = {}
+    authorization: str | None = None
+
+
+class GitSinkConfig(msgspec.Struct, forbid_unknown_fields=True):
+    repo: str
+    branch: str = "registry"
+
+
+class ExportConfig(msgspec.Struct, forbid_unknown_fields=True):
+    git: GitSinkConfig | None = None
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True):
+    data_dir: str = "data"
+    listen: str = "127.0.0.1:8080"
+    legacy_registry: str | None = None
+    snapshot_every: int = 4096
+    servers: dict[str, ServerConfig] = {}
+    tokens: list[TokenConfig] = []
+    secrets: SecretsConfig = msgspec.field(default_factory=SecretsConfig)
+    webhook: WebhookConfig = msgspec.field(default_factory=WebhookConfig)
+    export: ExportConfig = msgspec.field(default_factory=ExportConfig)
+
+    @property
+    def ledger_path(self) -> str:
+        return str(Path(self.data_dir) / "ledger.db")
+
+
+class ConfigError(Exception):
+    pass
+
+
+def load_config(path: str | None = None, env: dict[str, str] | None = None) -> Config:
+    """Read the TOML file (from `path`, else KUA_CONFIG, else none) and apply env overrides."""
+    env = os.environ if env is None else env
+    path = path or env.get("KUA_CONFIG")
+    if path:
+        try:
+            raw = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+        try:
+            config = msgspec.toml.decode(raw, type=Config)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        except msgspec.DecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    else:
+        config = Config()
+    overrides = {}
+    if env.get("KUA_DATA_DIR"):
+        overrides["data_dir"] = env["KUA_DATA_DIR"]
+    if env.get("KUA_LISTEN"):
+        overrides["listen"] = env["KUA_LISTEN"]
+    if overrides:
+        config = msgspec.structs.replace(config, **overrides)
+    if not config.servers:
+        docker = env.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        config = msgspec.structs.replace(config, servers={"local": ServerConfig(docker=docker)})
+    return config

@@ -1,0 +1,187 @@
+"""Deploy progress: each deploy's status and steps, and which deploys are in flight.
+
+`fold_deploy` folds one `deploy/<id>` stream into a DeployView (the API's shape).
+`fold_deploys` keeps only what must stay in memory: every deploy that is not
+finished, plus the latest deploy of each app. Finished deploys are read back
+from their stream on demand, so memory does not grow with the log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from kuadeploy.events import (
+    DeployCancelled,
+    DeployFailed,
+    DeployInterrupted,
+    DeployRequested,
+    DeployStarted,
+    DeploySucceeded,
+    DeploySuperseded,
+    Envelope,
+    MigrationApproved,
+    MigrationGateHeld,
+    RollbackStarted,
+    RolledBack,
+    StepFailed,
+    StepStarted,
+    StepSucceeded,
+)
+
+ACTIVE = frozenset({"queued", "running", "awaiting_approval"})
+
+
+class StepView(msgspec.Struct):
+    name: str
+    status: str  # running | succeeded | failed
+    started: str
+    finished: str | None = None
+    detail: dict[str, Any] = {}
+
+
+class DeployView(msgspec.Struct):
+    id: str
+    app: str
+    status: str
+    trigger: str
+    sha: str | None
+    requested: str
+    requested_by: str
+    force: bool = False
+    ref: str | None = None
+    image_id: str | None = None
+    started: str | None = None
+    finished: str | None = None
+    reason: str | None = None
+    superseded_by: str | None = None
+    delivery: str | None = None
+    pusher: str | None = None
+    gate: dict[str, Any] | None = None
+    rolled_back_to: str | None = None
+    steps: list[StepView] = []
+    events: list[int] = []
+
+
+def fold_deploy(view: DeployView | None, ev: Envelope) -> DeployView | None:
+    data = ev.data
+    if isinstance(data, DeployRequested):
+        view = DeployView(
+            id=ev.stream.removeprefix("deploy/"),
+            app=data.app,
+            status="queued",
+            trigger=data.trigger,
+            sha=data.sha,
+            requested=ev.ts,
+            requested_by=ev.actor,
+            force=data.force,
+            ref=data.ref,
+            image_id=data.image_id,
+            delivery=data.delivery,
+            pusher=data.pusher,
+        )
+    if view is None:  # a stream that does not start with DeployRequested is not a deploy
+        return None
+    if not isinstance(data, DeployRequested):
+        _apply(view, ev)
+    view.events.append(ev.seq)
+    return view
+
+
+def _apply(view: DeployView, ev: Envelope) -> None:
+    data = ev.data
+    if isinstance(data, DeployStarted):
+        view.status, view.started = "running", ev.ts
+        view.sha = data.sha or view.sha
+    elif isinstance(data, StepStarted):
+        view.steps.append(StepView(data.step, "running", ev.ts))
+    elif isinstance(data, StepSucceeded | StepFailed):
+        step = _open_step(view, data.step)
+        step.status = "succeeded" if isinstance(data, StepSucceeded) else "failed"
+        step.finished = ev.ts
+        step.detail = dict(data.detail)
+        if isinstance(data, StepFailed):
+            step.detail["error"] = data.error
+    elif isinstance(data, MigrationGateHeld):
+        view.status = "awaiting_approval"
+        view.gate = {"paths": data.paths, "expires_at": data.expires_at}
+    elif isinstance(data, MigrationApproved):
+        view.status = "running"
+        if view.gate is not None:
+            view.gate = {**view.gate, "approved_by": ev.actor, "approved_at": ev.ts}
+    elif isinstance(data, DeploySucceeded):
+        _finish(view, ev, "succeeded")
+        view.sha, view.image_id = data.sha, data.image_id
+    elif isinstance(data, DeployFailed):
+        _finish(view, ev, "failed", data.reason)
+    elif isinstance(data, RollbackStarted):
+        view.status, view.finished = "running", None
+    elif isinstance(data, RolledBack):
+        _finish(view, ev, "rolled_back", data.detail or view.reason)
+        view.rolled_back_to = data.sha
+    elif isinstance(data, DeployCancelled):
+        _finish(view, ev, "cancelled", data.reason)
+    elif isinstance(data, DeploySuperseded):
+        _finish(view, ev, "superseded", f"superseded by {data.by}")
+        view.superseded_by = data.by
+    elif isinstance(data, DeployInterrupted):
+        _finish(view, ev, "interrupted", data.reason)
+
+
+def _open_step(view: DeployView, name: str) -> StepView:
+    for step in reversed(view.steps):
+        if step.name == name:
+            return step
+    step = StepView(name, "running", "")
+    view.steps.append(step)
+    return step
+
+
+def _finish(view: DeployView, ev: Envelope, status: str, reason: str | None = None) -> None:
+    view.status, view.finished = status, ev.ts
+    if reason:
+        view.reason = reason
+    for step in view.steps:  # a step still open when the deploy ends did not finish
+        if step.status == "running":
+            step.status, step.finished = "failed", ev.ts
+
+
+class Deploys(msgspec.Struct):
+    views: dict[str, DeployView] = {}  # active deploys and each app's latest
+    latest: dict[str, str] = {}  # app -> id of its most recently requested deploy
+
+
+def fold_deploys(state: Deploys, ev: Envelope) -> Deploys:
+    if not ev.stream.startswith("deploy/"):
+        return state
+    deploy = ev.stream.removeprefix("deploy/")
+    view = state.views.get(deploy)
+    if view is None and not isinstance(ev.data, DeployRequested):
+        return state  # a finished, no longer latest deploy: nothing live depends on it
+    view = fold_deploy(view, ev)
+    if view is None:
+        return state
+    state.views[deploy] = view
+    if isinstance(ev.data, DeployRequested):
+        previous = state.latest.get(view.app)
+        state.latest[view.app] = deploy
+        if previous is not None:
+            _forget_if_done(state, previous)
+    if view.status not in ACTIVE:
+        _forget_if_done(state, deploy)
+    return state
+
+
+def _forget_if_done(state: Deploys, deploy: str) -> None:
+    view = state.views.get(deploy)
+    if view is not None and view.status not in ACTIVE and state.latest.get(view.app) != deploy:
+        del state.views[deploy]
+
+
+def active_deploys(state: Deploys, app: str | None = None) -> list[DeployView]:
+    """In-flight deploys in request order (the first event seq orders them)."""
+    views = [v for v in state.views.values() if v.status in ACTIVE]
+    if app is not None:
+        views = [v for v in views if v.app == app]
+    return sorted(views, key=lambda v: v.events[0])

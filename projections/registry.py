@@ -1,0 +1,36 @@
+"""Registry: app name -> current entry and the version of its `app/<name>` stream."""
+
+from __future__ import annotations
+
+import msgspec
+
+from kuadeploy.entry import AppEntry
+from kuadeploy.events import AppPatched, AppRegistered, AppRemoved, AppReplaced, Envelope
+
+REGISTRY_EVENT_TYPES = ("AppRegistered", "AppReplaced", "AppPatched", "AppRemoved")
+
+
+class AppState(msgspec.Struct):
+    entry: AppEntry | None  # None: removed; the version still counts for ETags
+    version: int
+
+
+class Registry(msgspec.Struct):
+    apps: dict[str, AppState] = {}
+
+
+def fold_registry(state: Registry, ev: Envelope) -> Registry:
+    data = ev.data
+    if isinstance(data, AppRegistered | AppReplaced | AppPatched):
+        state.apps[data.app] = AppState(data.entry, ev.version)
+    elif isinstance(data, AppRemoved):
+        state.apps[data.app] = AppState(None, ev.version)
+    return state
+
+
+def live_entries(state: Registry) -> dict[str, AppEntry]:
+    return {name: s.entry for name, s in sorted(state.apps.items()) if s.entry is not None}
+
+
+def live_versions(state: Registry) -> dict[str, int]:
+    return {name: s.version for name, s in sorted(state.apps.items()) if s.entry is not None}
