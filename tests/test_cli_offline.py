@@ -1,0 +1,114 @@
+"""Offline CLI on a data dir: export at a seq or a time, rebuild's comparisons."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from kuadeploy import events as ev
+from kuadeploy.ledger import Ledger, NewEvent
+from kuadeploy.projector import Projector, State
+from tests.support import register, run_cli
+
+TIMES = [f"2026-03-0{d}T10:00:00.000000Z" for d in range(1, 8)]
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    async def fill() -> None:
+        clock = iter(TIMES)
+        led = await Ledger.open(str(tmp_path / "ledger.db"), clock=lambda: next(clock))
+        Projector(State(), snapshot_every=2).attach(led)
+        await led.append([register("web", "main")], actor="kavi")  # 1 @ day 1
+        await led.append([register("api", "main")], actor="kavi")  # 2 @ day 2
+        await led.append([register("web", "dev")], actor="kavi")  # 3 @ day 3
+        await led.append([NewEvent("app/api", ev.AppRemoved(app="api"))], actor="kavi")  # 4
+        await led.append([register("db", "main")], actor="kavi")  # 5 @ day 5
+        await led.close()
+
+    asyncio.run(fill())
+    return tmp_path
+
+
+def export(data_dir: Path, *args: str) -> dict:
+    proc = run_cli("export", "--data-dir", str(data_dir), *args)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_export_head_and_at_seq(data_dir):
+    head = export(data_dir)
+    assert head["as_of"]["seq"] == 5 and sorted(head["apps"]) == ["db", "web"]
+    assert head["versions"] == {"db": 1, "web": 2}
+    at3 = export(data_dir, "--at", "3")
+    assert (
+        at3["as_of"]
+        == {
+            "seq": 3,
+            "ts": TIMES[2],
+            "hash": at3["as_of"]["hash"],
+        }
+        and len(at3["as_of"]["hash"]) == 64
+    )
+    assert at3["apps"]["web"]["branch"] == "dev" and at3["apps"]["api"]["branch"] == "main"
+    assert export(data_dir, "--at", "1")["apps"].keys() == {"web"}
+
+
+def test_export_at_time_takes_the_last_event_at_or_before_it(data_dir):
+    assert export(data_dir, "--at", "2026-03-03T10:00:00Z")["as_of"]["seq"] == 3
+    assert export(data_dir, "--at", "2026-03-03T12:00:00+02:00")["as_of"]["seq"] == 3
+    assert export(data_dir, "--at", "2026-03-03T11:59:59+02:00")["as_of"]["seq"] == 2
+    assert export(data_dir, "--at", "2026-03-04T09:59:59Z")["as_of"]["seq"] == 3
+    assert export(data_dir, "--at", "2026-03-04T10:00:00Z")["apps"].keys() == {"web"}
+
+
+@pytest.mark.parametrize(
+    ("at", "message"),
+    [
+        ("6", "beyond the head"),
+        ("0", "seq of 1 or more"),
+        ("2026-02-01T00:00:00Z", "before the first event"),
+        ("2999-01-01T00:00:00Z", "in the future"),
+        ("2026-03-03T10:00:00", "no UTC offset"),
+        ("yesterday", "not an RFC 3339 time"),
+    ],
+)
+def test_export_at_an_impossible_point_is_a_clear_error(data_dir, at, message):
+    proc = run_cli("export", "--data-dir", str(data_dir), "--at", at)
+    assert proc.returncode == 2 and message in proc.stderr and proc.stdout == ""
+
+
+def test_rebuild_matches_snapshots(data_dir):
+    proc = run_cli("rebuild", "--data-dir", str(data_dir))
+    assert proc.returncode == 0, proc.stdout
+    assert "ok: rebuilt 5 events to seq 5; 2 snapshots compared" in proc.stdout
+
+
+def test_rebuild_reports_a_snapshot_that_differs(data_dir):
+    conn = sqlite3.connect(data_dir / "ledger.db", isolation_level=None)
+    blob = conn.execute("SELECT state FROM snapshots WHERE seq = 4").fetchone()[0]
+    conn.execute("UPDATE snapshots SET state = ? WHERE seq = 4", (blob.replace(b"dev", b"xyz"),))
+    conn.close()
+    proc = run_cli("rebuild", "--data-dir", str(data_dir))
+    assert proc.returncode == 1
+    assert "snapshot at seq 4 differs from the rebuilt state" in proc.stdout
+    assert "live state (snapshot + tail) differs" in proc.stdout
+
+
+def test_a_snapshot_from_another_chain_is_not_loaded(data_dir):
+    conn = sqlite3.connect(data_dir / "ledger.db", isolation_level=None)
+    conn.execute("UPDATE snapshots SET hash = zeroblob(32) WHERE seq = 4")
+    conn.close()
+    proc = run_cli("rebuild", "--data-dir", str(data_dir))
+    assert proc.returncode == 1
+    assert "snapshot at seq 4 was taken on another chain" in proc.stdout
+    assert "live state" not in proc.stdout  # start-up skipped it and used seq 2's
+
+
+def test_missing_ledger_is_a_clear_error(tmp_path):
+    proc = run_cli("audit", "verify", "--data-dir", str(tmp_path / "nope"))
+    assert proc.returncode == 2 and "no ledger here" in proc.stderr
