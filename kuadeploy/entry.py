@@ -1,5 +1,7 @@
 """The registry entry (DESIGN §5): the schema is the validation.
 
+Entries are immutable values (gc=False: they never form reference cycles).
+
 Every field has the default a user would expect, so an event's `data.entry`
 always carries the complete, explicit entry and a third party can fold the
 registry without knowing our defaults.
@@ -14,13 +16,13 @@ import msgspec
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
 
 
-class SecretRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class SecretRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     """An env value resolved at deploy time; only the name ever enters the ledger."""
 
     secret: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 
-class Container(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=False):
+class Container(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     name: str | None = None
     env: dict[str, str | SecretRef] = {}
     ports: list[str] = []
@@ -30,20 +32,20 @@ class Container(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_de
     restart: Literal["no", "always", "unless-stopped", "on-failure"] = "unless-stopped"
 
 
-class Verify(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class Verify(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     health_url: str | None = None
     expect_sha_in_body: bool = False
     timeout_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 60.0
     stable_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
 
 
-class Migrations(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class Migrations(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     paths: list[str] = []
     command: list[str] | None = None
     approval: Literal["required", "auto"] = "required"
 
 
-class AppEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class AppEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     server: NonEmpty
     repo: NonEmpty
     branch: NonEmpty

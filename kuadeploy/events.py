@@ -17,7 +17,9 @@ from kuadeploy.entry import AppEntry
 Step = Literal["fetch", "migration_gate", "build", "migrate", "recreate", "verify", "rollback"]
 
 
-class EventData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+# gc=False: events are immutable values that never form reference cycles; keeping
+# them out of the cycle collector makes folding a million of them ~2x faster.
+class EventData(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     """Base of every event payload. The class name is the event type."""
 
     Recorded: ClassVar[type]  # the envelope type for this payload, set below
@@ -143,7 +145,7 @@ class DeployInterrupted(EventData, frozen=True):
     reason: str = ""
 
 
-class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="type"):
+class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="type", gc=False):
     """A stored event. `data` is narrowed to one payload type by each subclass."""
 
     seq: int
@@ -236,6 +238,11 @@ TERMINAL_DEPLOY_TYPES = frozenset(
 def decode(body: bytes) -> Envelope:
     """Decode a stored body with the typed schema; raises msgspec.ValidationError/DecodeError."""
     return _decoder().decode(body)
+
+
+def decoder() -> msgspec.json.Decoder:
+    """The typed decoder itself, for loops over many bodies."""
+    return _decoder()
 
 
 def encode(envelope: Envelope) -> bytes:

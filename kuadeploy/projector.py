@@ -37,7 +37,9 @@ class _RegistryOnly(msgspec.Struct):
     registry: Registry
 
 
-_encoder = msgspec.msgpack.Encoder(order="sorted")
+# Insertion order, not sorted: folds may rely on dict order (oldest release first),
+# and the same events always insert in the same order, so bytes stay comparable.
+_encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(State)
 _registry_decoder = msgspec.msgpack.Decoder(_RegistryOnly)
 
@@ -59,8 +61,9 @@ def decode_state(blob: bytes) -> State:
 
 
 def fold_rows(state: State, conn: sqlite3.Connection, until: int | None = None) -> State:
-    decode = events.decode
-    for _seq, _stream, _version, body, _hash in reading.iter_rows(conn, state.seq, until):
+    decode = events.decoder().decode
+    until = reading.read_head(conn).seq if until is None else until
+    for body in reading.iter_bodies(conn, state.seq, until):
         fold(state, decode(body))
     return state
 
@@ -82,7 +85,7 @@ def rebuild_state(conn: sqlite3.Connection, on_seq: Callable[[State], None] | No
     state = State()
     if on_seq is None:
         return fold_rows(state, conn)
-    decode = events.decode
+    decode = events.decoder().decode
     for _seq, _stream, _version, body, _hash in reading.iter_rows(conn):
         fold(state, decode(body))
         on_seq(state)
@@ -99,7 +102,7 @@ def registry_at(conn: sqlite3.Connection, seq: int) -> Registry:
             continue
         registry, start = only.registry, snap_seq
         break
-    decode = events.decode
+    decode = events.decoder().decode
     for body in reading.iter_bodies(conn, start, seq, REGISTRY_EVENT_TYPES):
         fold_registry(registry, decode(body))
     return registry

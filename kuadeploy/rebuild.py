@@ -30,7 +30,7 @@ def rebuild_and_compare(conn: sqlite3.Connection) -> tuple[State, RebuildReport]
     differences: list[str] = []
     pending = iter(snaps)
     nxt = next(pending, None)
-    state, decode, n = State(), events.decode, 0
+    state, decode, n = State(), events.decoder().decode, 0
     for seq, _stream, _version, body, _hash in reading.iter_rows(conn):
         fold(state, decode(body))
         n += 1

@@ -90,43 +90,86 @@ def fold_deploy(view: DeployView | None, ev: Envelope) -> DeployView | None:
 
 
 def _apply(view: DeployView, ev: Envelope) -> None:
-    data = ev.data
-    if isinstance(data, DeployStarted):
-        view.status, view.started = "running", ev.ts
-        view.sha = data.sha or view.sha
-    elif isinstance(data, StepStarted):
-        view.steps.append(StepView(data.step, "running", ev.ts))
-    elif isinstance(data, StepSucceeded | StepFailed):
-        step = _open_step(view, data.step)
-        step.status = "succeeded" if isinstance(data, StepSucceeded) else "failed"
-        step.finished = ev.ts
-        step.detail = dict(data.detail)
-        if isinstance(data, StepFailed):
-            step.detail["error"] = data.error
-    elif isinstance(data, MigrationGateHeld):
-        view.status = "awaiting_approval"
-        view.gate = {"paths": data.paths, "expires_at": data.expires_at}
-    elif isinstance(data, MigrationApproved):
-        view.status = "running"
-        if view.gate is not None:
-            view.gate = {**view.gate, "approved_by": ev.actor, "approved_at": ev.ts}
-    elif isinstance(data, DeploySucceeded):
-        _finish(view, ev, "succeeded")
-        view.sha, view.image_id = data.sha, data.image_id
-    elif isinstance(data, DeployFailed):
-        _finish(view, ev, "failed", data.reason)
-    elif isinstance(data, RollbackStarted):
-        view.status, view.finished = "running", None
-    elif isinstance(data, RolledBack):
-        _finish(view, ev, "rolled_back", data.detail or view.reason)
-        view.rolled_back_to = data.sha
-    elif isinstance(data, DeployCancelled):
-        _finish(view, ev, "cancelled", data.reason)
-    elif isinstance(data, DeploySuperseded):
-        _finish(view, ev, "superseded", f"superseded by {data.by}")
-        view.superseded_by = data.by
-    elif isinstance(data, DeployInterrupted):
-        _finish(view, ev, "interrupted", data.reason)
+    step = _STEPS.get(type(ev.data))
+    if step is not None:
+        step(view, ev, ev.data)
+
+
+def _started(view: DeployView, ev: Envelope, data: DeployStarted) -> None:
+    view.status, view.started = "running", ev.ts
+    view.sha = data.sha or view.sha
+
+
+def _step_started(view: DeployView, ev: Envelope, data: StepStarted) -> None:
+    view.steps.append(StepView(data.step, "running", ev.ts))
+
+
+def _step_ended(view: DeployView, ev: Envelope, data: StepSucceeded | StepFailed) -> None:
+    step = _open_step(view, data.step)
+    step.status = "succeeded" if isinstance(data, StepSucceeded) else "failed"
+    step.finished = ev.ts
+    step.detail = dict(data.detail)
+    if isinstance(data, StepFailed):
+        step.detail["error"] = data.error
+
+
+def _gate_held(view: DeployView, ev: Envelope, data: MigrationGateHeld) -> None:
+    view.status = "awaiting_approval"
+    view.gate = {"paths": data.paths, "expires_at": data.expires_at}
+
+
+def _gate_approved(view: DeployView, ev: Envelope, data: MigrationApproved) -> None:
+    view.status = "running"
+    if view.gate is not None:
+        view.gate = {**view.gate, "approved_by": ev.actor, "approved_at": ev.ts}
+
+
+def _succeeded(view: DeployView, ev: Envelope, data: DeploySucceeded) -> None:
+    _finish(view, ev, "succeeded")
+    view.sha, view.image_id = data.sha, data.image_id
+
+
+def _failed(view: DeployView, ev: Envelope, data: DeployFailed) -> None:
+    _finish(view, ev, "failed", data.reason)
+
+
+def _rollback_started(view: DeployView, ev: Envelope, data: RollbackStarted) -> None:
+    view.status, view.finished = "running", None
+
+
+def _rolled_back(view: DeployView, ev: Envelope, data: RolledBack) -> None:
+    _finish(view, ev, "rolled_back", data.detail or view.reason)
+    view.rolled_back_to = data.sha
+
+
+def _cancelled(view: DeployView, ev: Envelope, data: DeployCancelled) -> None:
+    _finish(view, ev, "cancelled", data.reason)
+
+
+def _superseded(view: DeployView, ev: Envelope, data: DeploySuperseded) -> None:
+    _finish(view, ev, "superseded", f"superseded by {data.by}")
+    view.superseded_by = data.by
+
+
+def _interrupted(view: DeployView, ev: Envelope, data: DeployInterrupted) -> None:
+    _finish(view, ev, "interrupted", data.reason)
+
+
+_STEPS: dict[type, Any] = {
+    DeployStarted: _started,
+    StepStarted: _step_started,
+    StepSucceeded: _step_ended,
+    StepFailed: _step_ended,
+    MigrationGateHeld: _gate_held,
+    MigrationApproved: _gate_approved,
+    DeploySucceeded: _succeeded,
+    DeployFailed: _failed,
+    RollbackStarted: _rollback_started,
+    RolledBack: _rolled_back,
+    DeployCancelled: _cancelled,
+    DeploySuperseded: _superseded,
+    DeployInterrupted: _interrupted,
+}
 
 
 def _open_step(view: DeployView, name: str) -> StepView:

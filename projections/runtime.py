@@ -19,7 +19,12 @@ class Release(msgspec.Struct):
 
 class AppRuntime(msgspec.Struct):
     current: Release | None = None
-    releases: list[Release] = []  # newest first, distinct images
+    # image id -> release, oldest first; a dict makes re-deploying an image O(1)
+    releases: dict[str, Release] = {}
+
+
+def newest_first(app: AppRuntime) -> list[Release]:
+    return list(reversed(app.releases.values()))
 
 
 class Runtime(msgspec.Struct):
@@ -27,24 +32,32 @@ class Runtime(msgspec.Struct):
 
 
 def fold_runtime(state: Runtime, ev: Envelope) -> Runtime:
-    data = ev.data
-    if isinstance(data, DeploySucceeded):
-        app = state.apps.setdefault(data.app, AppRuntime())
-        release = Release(data.sha, data.image_id, deploy_id(ev.stream), ev.ts)
-        app.current = release
-        app.releases = [release, *(r for r in app.releases if r.image_id != data.image_id)][
-            :MAX_RELEASES
-        ]
-    elif isinstance(data, RolledBack):
-        app = state.apps.setdefault(data.app, AppRuntime())
-        if data.sha is None or data.image_id is None or not data.verified:
-            app.current = None  # nothing verified is running: the app was left stopped
-        else:
-            known = [r for r in app.releases if r.image_id == data.image_id]
-            app.current = (
-                known[0] if known else Release(data.sha, data.image_id, deploy_id(ev.stream), ev.ts)
-            )
+    step = _STEPS.get(type(ev.data))
+    if step is not None:
+        step(state.apps.setdefault(ev.data.app, AppRuntime()), ev)
     return state
+
+
+def _succeeded(app: AppRuntime, ev: Envelope) -> None:
+    data = ev.data
+    release = Release(data.sha, data.image_id, deploy_id(ev.stream), ev.ts)
+    app.current = release
+    app.releases.pop(data.image_id, None)
+    app.releases[data.image_id] = release
+    if len(app.releases) > MAX_RELEASES:
+        del app.releases[next(iter(app.releases))]
+
+
+def _rolled_back(app: AppRuntime, ev: Envelope) -> None:
+    data = ev.data
+    if data.sha is None or data.image_id is None or not data.verified:
+        app.current = None  # nothing verified is running: the app was left stopped
+        return
+    known = app.releases.get(data.image_id)
+    app.current = known or Release(data.sha, data.image_id, deploy_id(ev.stream), ev.ts)
+
+
+_STEPS = {DeploySucceeded: _succeeded, RolledBack: _rolled_back}
 
 
 def deploy_id(stream: str) -> str:

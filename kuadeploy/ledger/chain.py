@@ -56,7 +56,7 @@ def verify_rows(rows: Iterable[Row], start: Head = GENESIS) -> VerifyResult:
     does not decode with the typed schema, a body whose seq/stream/version differ
     from the row's.
     """
-    decode = events.decode
+    decode = events.decoder().decode
     prev_seq, prev_hash = start
     n = 0
     for seq, stream, version, body, stored in rows:
