@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
 from contextlib import closing
+from pathlib import Path
 
 import msgspec
 
@@ -16,6 +18,8 @@ from kuadeploy.ledger import GENESIS, SchemaError, reading
 from kuadeploy.ledger.store import utc_now
 from kuadeploy.ledger.verify import load_trusted, save_trusted, verify_ledger
 from kuadeploy.rebuild import rebuild_and_compare
+from kuadeploy.service import StartupError
+from kuadeploy.tokens import add_token
 
 
 class CliError(Exception):
@@ -73,6 +77,28 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from kuadeploy.serve import serve, setup_logging
+
+    config = load_config(args.config)
+    setup_logging()
+    try:
+        asyncio.run(serve(config))
+    except StartupError as exc:
+        print(f"kuadeploy: cannot start: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_token_add(args: argparse.Namespace) -> int:
+    config = _offline_config(args)
+    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+    token = add_token(config.data_dir, args.actor, args.role)
+    print(token)
+    print(f"token for {args.actor} ({args.role}) created; only its hash is stored", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kuadeploy", description=__doc__)
     parser.add_argument("--version", action="version", version=f"kuadeploy {__version__}")
@@ -81,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     offline = argparse.ArgumentParser(add_help=False)
     offline.add_argument("--config", help="kuadeploy.toml (default: $KUA_CONFIG)")
     offline.add_argument("--data-dir", help="data directory (overrides the config)")
+
+    serve = sub.add_parser("serve", help="run the service")
+    serve.add_argument("--config", help="kuadeploy.toml (default: $KUA_CONFIG)")
+    serve.set_defaults(func=cmd_serve)
+
+    token = sub.add_parser("token", help="API tokens").add_subparsers(dest="token", required=True)
+    token_add = token.add_parser("add", parents=[offline], help="create a token, print it once")
+    token_add.add_argument("actor")
+    token_add.add_argument("--role", required=True, choices=["reader", "deployer", "admin"])
+    token_add.set_defaults(func=cmd_token_add)
 
     audit = sub.add_parser("audit", help="ledger audit").add_subparsers(dest="audit", required=True)
     verify = audit.add_parser("verify", parents=[offline], help="verify the hash chain")

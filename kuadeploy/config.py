@@ -50,6 +50,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     listen: str = "127.0.0.1:8080"
     legacy_registry: str | None = None
     snapshot_every: int = 4096
+    sse_heartbeat_s: float = 15.0
     servers: dict[str, ServerConfig] = {}
     tokens: list[TokenConfig] = []
     secrets: SecretsConfig = msgspec.field(default_factory=SecretsConfig)
