@@ -48,7 +48,6 @@ class Service:
         self._verify_lock = asyncio.Lock()
         self._lock_fd = lock_fd
         self.bootstrap_token: str | None = None
-        self.stopping = False
         self.notifier = Notifier()
         ledger.subscribe(self.notifier.notify)
         self._health: dict[str, Any] = {}

@@ -10,7 +10,7 @@ from aiohttp import web
 from kuadeploy.errors import ApiError
 from kuadeploy.http import ledger as ledger_routes
 from kuadeploy.http import registry as registry_routes
-from kuadeploy.http.common import SERVICE, Handler, problem_response
+from kuadeploy.http.common import PRINCIPAL, SERVICE, Handler, problem_response
 from kuadeploy.http.metrics import Metrics
 from kuadeploy.service import Service
 
@@ -39,7 +39,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         metrics = request.app[METRICS]
         metrics.requests.labels(name, request.method, str(status)).inc()
         metrics.latency.labels(name).observe(elapsed)
-        who = request.get("principal")
+        who = request.get(PRINCIPAL)
         line = {
             "method": request.method,
             "path": request.path,
@@ -61,7 +61,8 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         if exc.status < 400:
             raise
         detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
-        return problem_response(ApiError(exc.status, exc.reason, detail), dict(exc.headers))
+        keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        return problem_response(ApiError(exc.status, exc.reason, detail), keep)
 
 
 @web.middleware
@@ -74,7 +75,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     who = request.app[SERVICE].tokens.authenticate(token.strip()) if scheme == "Bearer" else None
     if who is None:
         raise ApiError(401, "Unauthorized", "a valid bearer token is required")
-    request["principal"] = who
+    request[PRINCIPAL] = who
     if not who.can(role):
         raise ApiError(403, "Forbidden", f"{who.actor} is {who.role}; this needs {role}")
     return await handler(request)
@@ -101,8 +102,7 @@ def make_app(service: Service) -> web.Application:
     app.add_routes(registry_routes.routes)
 
     async def on_shutdown(_app: web.Application) -> None:
-        service.stopping = True
-        service.notifier.notify()
+        service.notifier.close()
 
     app.on_shutdown.append(on_shutdown)
     return app

@@ -13,6 +13,7 @@ from kuadeploy.service import Service
 from kuadeploy.tokens import Principal
 
 SERVICE: web.AppKey[Service] = web.AppKey("service", Service)
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY = 1024 * 1024
 _encoder = msgspec.json.Encoder()
@@ -33,7 +34,7 @@ def service(request: web.Request) -> Service:
 
 
 def principal(request: web.Request) -> Principal:
-    return request["principal"]
+    return request[PRINCIPAL]
 
 
 def json_response(

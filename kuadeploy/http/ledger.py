@@ -76,7 +76,7 @@ async def sse(request, after, fetch, render) -> web.StreamResponse:
     )
     await response.prepare(request)
     heartbeat = svc.config.sse_heartbeat_s
-    while not svc.stopping:
+    while not svc.notifier.closed:
         page = await fetch(after)
         if page:
             chunk = []
