@@ -397,8 +397,11 @@ def test_image_serves_healthz_sha_and_keeps_ledger_across_recreate(
     head = before["events"][-1]["seq"]
     assert head >= 1
 
-    # Recreate: the container goes, the volume stays.
-    docker(engine, "rm", "-f", name)
+    # Recreate: the container stops (SIGTERM to kuadeploy as PID 1) and goes; the volume stays.
+    stopping = time.monotonic()
+    docker(engine, "stop", "-t", "30", name)
+    assert time.monotonic() - stopping < 10, "kuadeploy serve did not exit promptly on SIGTERM"
+    docker(engine, "rm", name)
     health = start()
     assert health["head_seq"] >= head
 
