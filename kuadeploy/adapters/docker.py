@@ -1,0 +1,409 @@
+"""A thin async adapter over one Docker engine (aiodocker).
+
+One `Engine` per configured server. Every failure leaves as a typed error the
+pipeline can record as a reason: `EngineUnavailable` (cannot reach the engine),
+`BuildFailed` (with the build log's tail), `ContainerError` (create, start, stop
+or a one-off run went wrong), `ImageError`. Absent containers and images are not
+errors: inspect returns None and removal reports whether something was removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import ssl
+import tarfile
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import aiodocker
+import aiohttp
+import msgspec
+
+from kuadeploy.adapters.docker_specs import (
+    LABEL_APP,
+    checked_dockerfile,
+    container_env,
+    create_body,
+    one_off_settings,
+)
+from kuadeploy.entry import Container
+
+# aiodocker reports a refused or broken connection as this pseudo HTTP status.
+_CONNECTION_FAILED = 900
+_LOG_TAIL_LINES = 40
+
+
+class EngineError(Exception):
+    """Base of every error this adapter raises."""
+
+
+class EngineUnavailable(EngineError):
+    """The engine did not answer: socket missing, connection refused, TLS, timeout."""
+
+
+class BuildFailed(EngineError):
+    def __init__(self, message: str, log_tail: list[str]) -> None:
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+class ContainerError(EngineError):
+    pass
+
+
+class ImageError(EngineError):
+    pass
+
+
+class TlsFiles(msgspec.Struct, frozen=True):
+    """Client certificate, key and CA bundle paths for `tcp://` engines."""
+
+    cert: str | None = None
+    key: str | None = None
+    ca: str | None = None
+
+
+class ContainerState(msgspec.Struct, frozen=True):
+    id: str
+    name: str
+    image_id: str
+    running: bool
+    status: str  # created, running, restarting, exited, …
+    exit_code: int
+    restart_count: int
+    labels: dict[str, str]
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str
+
+
+class ImageInfo(msgspec.Struct, frozen=True):
+    id: str
+    tags: list[str]
+    labels: dict[str, str]
+    created: int  # unix seconds
+
+
+class OneOffResult(msgspec.Struct, frozen=True):
+    exit_code: int
+    output: str  # stdout and stderr, interleaved as the engine recorded them
+
+
+def engine_url(url: str, tls: TlsFiles | None) -> str:
+    """aiohttp speaks http(s), not Docker's tcp:// spelling."""
+    if url.startswith("tcp://"):
+        return ("https://" if tls else "http://") + url.removeprefix("tcp://")
+    if url.startswith(("unix://", "http://", "https://")):
+        return url
+    raise ValueError(f"docker URL {url!r}: expected unix://, tcp://, http:// or https://")
+
+
+def ssl_context(tls: TlsFiles) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=tls.ca)
+    if tls.cert:
+        context.load_cert_chain(tls.cert, tls.key)
+    return context
+
+
+def parse_docker_time(value: str | None) -> datetime | None:
+    """Docker's RFC 3339 with nanoseconds; its zero time means "never"."""
+    if not value or value.startswith("0001-01-01"):
+        return None
+    head, _, frac = value.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
+
+
+def tar_directory(directory: Path) -> IO[bytes]:
+    """The build context as a tar stream; symlinks stay links (never followed)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for child in sorted(directory.iterdir()):
+            tar.add(child, arcname=child.name, recursive=True)
+    buffer.seek(0)
+    return buffer
+
+
+class Engine:
+    """One Docker engine. Use as `async with Engine(url) as engine:` or close()."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        tls: TlsFiles | None = None,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self.url = url
+        self._docker = aiodocker.Docker(
+            url=engine_url(url, tls),
+            ssl_context=ssl_context(tls) if tls else None,
+            timeout=aiohttp.ClientTimeout(connect=connect_timeout_s),
+        )
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._docker.close()
+
+    @asynccontextmanager
+    async def _calling(self, what: str) -> AsyncIterator[None]:
+        """Turn transport failures into EngineUnavailable, naming the operation."""
+        try:
+            yield
+        except aiodocker.DockerError as e:
+            if e.status == _CONNECTION_FAILED:
+                raise EngineUnavailable(f"{what}: {e.message}") from e
+            raise
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            raise EngineUnavailable(f"{what}: engine {self.url} unreachable: {e!r}") from e
+
+    async def ping(self) -> str:
+        """The engine's version; raises EngineUnavailable when it does not answer."""
+        async with self._calling("ping"):
+            version = await self._docker.version()
+        return str(version["Version"])
+
+    # --- images ---------------------------------------------------------------
+
+    async def build(
+        self,
+        context: Path | bytes,
+        *,
+        tag: str,
+        dockerfile: str = "Dockerfile",
+        build_args: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        on_log: Callable[[str], object] | None = None,
+    ) -> str:
+        """Build `context` (a directory or a tar archive) and return the image ID.
+
+        Each log line goes to `on_log` as it arrives. A failing build raises
+        BuildFailed carrying the last lines of the log and the engine's error.
+        """
+        dockerfile = checked_dockerfile(dockerfile)
+        if isinstance(context, Path):
+            archive = await asyncio.to_thread(tar_directory, context)
+        else:
+            archive = io.BytesIO(context)
+        tail: deque[str] = deque(maxlen=_LOG_TAIL_LINES)
+        image_id: str | None = None
+
+        def log(line: str) -> None:
+            tail.append(line)
+            if on_log is not None:
+                on_log(line)
+
+        async with self._calling("build"):
+            try:
+                async for chunk in self._docker.images.build(
+                    fileobj=archive,
+                    encoding="identity",
+                    path_dockerfile=dockerfile,
+                    tag=tag,
+                    buildargs=dict(build_args or {}),
+                    labels=dict(labels or {}),
+                    forcerm=True,
+                    stream=True,
+                ):
+                    text = str(chunk.get("stream") or chunk.get("status") or "")
+                    for line in text.splitlines():
+                        if line.strip():
+                            log(line)
+                    aux = chunk.get("aux")
+                    if isinstance(aux, dict) and "ID" in aux:
+                        image_id = str(aux["ID"])
+            except aiodocker.DockerError as e:
+                if e.status == _CONNECTION_FAILED:
+                    raise
+                log(f"ERROR: {e.message}")
+                raise BuildFailed(f"build of {tag} failed: {e.message}", list(tail)) from e
+        if image_id is None:  # engines that predate the aux ID message
+            image_id = (await self.inspect_image(tag) or {}).get("Id")
+            if image_id is None:
+                raise BuildFailed(f"build of {tag} reported no image", list(tail))
+        return image_id
+
+    async def inspect_image(self, ref: str) -> dict[str, Any] | None:
+        async with self._calling("inspect image"):
+            try:
+                return await self._docker.images.inspect(ref)
+            except aiodocker.DockerError as e:
+                if e.status == 404:
+                    return None
+                raise ImageError(f"inspect image {ref}: {e.message}") from e
+
+    async def tag_image(self, image: str, repo: str, tag: str) -> None:
+        async with self._calling("tag image"):
+            try:
+                await self._docker.images.tag(image, repo, tag=tag)
+            except aiodocker.DockerError as e:
+                raise ImageError(f"tag {image} as {repo}:{tag}: {e.message}") from e
+
+    async def remove_image(self, ref: str, *, force: bool = False) -> bool:
+        """Untag/remove `ref`; False when it did not exist. In use → ImageError."""
+        async with self._calling("remove image"):
+            try:
+                await self._docker.images.delete(ref, force=force)
+            except aiodocker.DockerError as e:
+                if e.status == 404:
+                    return False
+                raise ImageError(f"remove image {ref}: {e.message}") from e
+        return True
+
+    async def list_images(self, labels: Mapping[str, str]) -> list[ImageInfo]:
+        """Images carrying all of these labels, newest first."""
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        async with self._calling("list images"):
+            rows = await self._docker.images.list(filters=filters)
+        images = [
+            ImageInfo(
+                id=row["Id"],
+                tags=[t for t in row.get("RepoTags") or [] if t != "<none>:<none>"],
+                labels=row.get("Labels") or {},
+                created=int(row.get("Created") or 0),
+            )
+            for row in rows
+        ]
+        return sorted(images, key=lambda i: i.created, reverse=True)
+
+    # --- containers -----------------------------------------------------------
+
+    async def start_container(
+        self,
+        name: str,
+        settings: Container,
+        *,
+        image: str,
+        labels: Mapping[str, str],
+        sha: str | None,
+        resolved_env: Mapping[str, str] | None = None,
+    ) -> str:
+        """Create and start container `name` from the entry's settings; its ID.
+
+        The env is the entry's plain values, `resolved_env` for its secret
+        references, and KUA_GIT_SHA. A container that cannot start is removed
+        again, so the name stays free for a retry or a rollback.
+        """
+        env = container_env(settings, resolved_env or {}, sha)
+        body = create_body(settings, image=image, labels=labels, env=env)
+        async with self._calling("create container"):
+            try:
+                created = await self._docker.containers.create(body, name=name)
+            except aiodocker.DockerError as e:
+                raise ContainerError(f"create container {name}: {e.message}") from e
+            try:
+                await created.start()
+            except aiodocker.DockerError as e:
+                await self.remove_container(created.id, force=True)
+                raise ContainerError(f"start container {name}: {e.message}") from e
+        return created.id
+
+    async def stop_container(self, name: str, *, timeout_s: int = 10) -> bool:
+        """SIGTERM, then SIGKILL after `timeout_s`; False when there is no such container."""
+        async with self._calling("stop container"):
+            try:
+                await self._docker.containers.container(name).stop(t=timeout_s)
+            except aiodocker.DockerError as e:
+                if e.status == 404:
+                    return False
+                raise ContainerError(f"stop container {name}: {e.message}") from e
+        return True
+
+    async def remove_container(self, name: str, *, force: bool = False) -> bool:
+        """Remove `name` (killing it first with force); False when it did not exist."""
+        async with self._calling("remove container"):
+            try:
+                await self._docker.containers.container(name).delete(force=force, v=True)
+            except aiodocker.DockerError as e:
+                if e.status == 404:
+                    return False
+                raise ContainerError(f"remove container {name}: {e.message}") from e
+        return True
+
+    async def rename_container(self, name: str, new_name: str) -> None:
+        async with self._calling("rename container"):
+            try:
+                await self._docker.containers.container(name).rename(new_name)
+            except aiodocker.DockerError as e:
+                raise ContainerError(f"rename container {name} to {new_name}: {e.message}") from e
+
+    async def inspect_container(self, name: str) -> ContainerState | None:
+        async with self._calling("inspect container"):
+            try:
+                data = await self._docker.containers.container(name).show()
+            except aiodocker.DockerError as e:
+                if e.status == 404:
+                    return None
+                raise ContainerError(f"inspect container {name}: {e.message}") from e
+        state = data["State"]
+        return ContainerState(
+            id=data["Id"],
+            name=data["Name"].lstrip("/"),
+            image_id=data["Image"],
+            running=bool(state["Running"]),
+            status=state["Status"],
+            exit_code=int(state["ExitCode"]),
+            restart_count=int(data.get("RestartCount") or 0),
+            labels=data["Config"].get("Labels") or {},
+            started_at=parse_docker_time(state.get("StartedAt")),
+            finished_at=parse_docker_time(state.get("FinishedAt")),
+            error=state.get("Error") or "",
+        )
+
+    async def list_containers(self, labels: Mapping[str, str]) -> list[ContainerState]:
+        """Containers (running or not) carrying all of these labels."""
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        async with self._calling("list containers"):
+            rows = await self._docker.containers.list(all=True, filters=_json(filters))
+        found = [await self.inspect_container(row.id) for row in rows]
+        return [state for state in found if state is not None]
+
+    async def run_once(
+        self,
+        image: str,
+        command: list[str],
+        settings: Container,
+        *,
+        labels: Mapping[str, str],
+        sha: str | None,
+        resolved_env: Mapping[str, str] | None = None,
+        timeout_s: float = 600.0,
+    ) -> OneOffResult:
+        """Run `command` in a throwaway container with the app's env, volumes and
+        network; wait for it, collect its output, remove it whatever happens."""
+        settings = one_off_settings(settings, command)
+        env = container_env(settings, resolved_env or {}, sha)
+        body = create_body(settings, image=image, labels=labels, env=env)
+        app = labels.get(LABEL_APP, "once")
+        name = f"{app}-once-{uuid.uuid4().hex[:12]}"
+        async with self._calling("one-off container"):
+            try:
+                container = await self._docker.containers.create(body, name=name)
+            except aiodocker.DockerError as e:
+                raise ContainerError(f"create one-off container: {e.message}") from e
+            try:
+                await container.start()
+                async with asyncio.timeout(timeout_s):
+                    result = await container.wait()
+                lines = await container.log(stdout=True, stderr=True)
+            except aiodocker.DockerError as e:
+                raise ContainerError(f"one-off {command}: {e.message}") from e
+            except TimeoutError as e:
+                raise ContainerError(f"one-off {command}: no exit after {timeout_s}s") from e
+            finally:
+                await asyncio.shield(self.remove_container(container.id, force=True))
+        return OneOffResult(exit_code=int(result["StatusCode"]), output="".join(lines))
+
+
+def _json(value: object) -> str:
+    return msgspec.json.encode(value).decode()
