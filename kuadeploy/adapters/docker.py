@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import ssl
 import tarfile
+import tempfile
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -120,8 +122,9 @@ def parse_docker_time(value: str | None) -> datetime | None:
 
 
 def tar_directory(directory: Path) -> IO[bytes]:
-    """The build context as a tar stream; symlinks stay links (never followed)."""
-    buffer = io.BytesIO()
+    """The build context as a tar file on disk (contexts can be large); symlinks
+    stay links, never followed."""
+    buffer = tempfile.TemporaryFile()  # noqa: SIM115 (the build closes it)
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for child in sorted(directory.iterdir()):
             tar.add(child, arcname=child.name, recursive=True)
@@ -140,6 +143,7 @@ class Engine:
         connect_timeout_s: float = 10.0,
     ) -> None:
         self.url = url
+        self._connect_timeout_s = connect_timeout_s
         self._docker = aiodocker.Docker(
             url=engine_url(url, tls),
             ssl_context=ssl_context(tls) if tls else None,
@@ -157,20 +161,22 @@ class Engine:
 
     @asynccontextmanager
     async def _calling(self, what: str) -> AsyncIterator[None]:
-        """Turn transport failures into EngineUnavailable, naming the operation."""
+        """Nothing untyped leaves: transport failures become EngineUnavailable,
+        engine errors no operation handled become EngineError."""
         try:
             yield
         except aiodocker.DockerError as e:
-            if e.status == _CONNECTION_FAILED:
-                raise EngineUnavailable(f"{what}: {e.message}") from e
-            raise
+            raise _failure(e, what, EngineError) from e
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             raise EngineUnavailable(f"{what}: engine {self.url} unreachable: {e!r}") from e
 
     async def ping(self) -> str:
         """The engine's version; raises EngineUnavailable when it does not answer."""
         async with self._calling("ping"):
-            version = await self._docker.version()
+            try:
+                version = await self._docker.version()
+            except aiodocker.DockerError as e:  # e.g. plain http to a TLS port
+                raise EngineUnavailable(f"ping {self.url}: {e.message}") from e
         return str(version["Version"])
 
     # --- images ---------------------------------------------------------------
@@ -190,43 +196,59 @@ class Engine:
         Each log line goes to `on_log` as it arrives. A failing build raises
         BuildFailed carrying the last lines of the log and the engine's error.
         """
-        dockerfile = checked_dockerfile(dockerfile)
+        params = {
+            "t": tag,
+            "dockerfile": checked_dockerfile(dockerfile),
+            "buildargs": _json(dict(build_args or {})),
+            "labels": _json(dict(labels or {})),
+            "rm": "1",
+            "forcerm": "1",  # no intermediate containers left after a failure
+        }
         if isinstance(context, Path):
             archive = await asyncio.to_thread(tar_directory, context)
         else:
             archive = io.BytesIO(context)
         tail: deque[str] = deque(maxlen=_LOG_TAIL_LINES)
         image_id: str | None = None
-
-        def log(line: str) -> None:
-            tail.append(line)
-            if on_log is not None:
-                on_log(line)
+        error: str | None = None
 
         async with self._calling("build"):
             try:
-                async for chunk in self._docker.images.build(
-                    fileobj=archive,
-                    encoding="identity",
-                    path_dockerfile=dockerfile,
-                    tag=tag,
-                    buildargs=dict(build_args or {}),
-                    labels=dict(labels or {}),
-                    forcerm=True,
-                    stream=True,
-                ):
-                    text = str(chunk.get("stream") or chunk.get("status") or "")
-                    for line in text.splitlines():
-                        if line.strip():
-                            log(line)
-                    aux = chunk.get("aux")
-                    if isinstance(aux, dict) and "ID" in aux:
-                        image_id = str(aux["ID"])
-            except aiodocker.DockerError as e:
+                # aiodocker's images.build() cannot close its response when the
+                # caller is cancelled; closing it is what stops the engine's build.
+                query = self._docker._query(
+                    "build",
+                    "POST",
+                    params=params,
+                    headers={"content-type": "application/x-tar"},
+                    data=archive,
+                    timeout=aiohttp.ClientTimeout(connect=self._connect_timeout_s),
+                )
+                async with query as response:
+                    try:
+                        async for raw in response.content:
+                            chunk = json.loads(raw) if raw.strip() else {}
+                            for line in _build_lines(chunk):
+                                tail.append(line)
+                                if on_log is not None:
+                                    on_log(line)
+                            error = error or _build_error(chunk)
+                            aux = chunk.get("aux")
+                            if isinstance(aux, dict) and "ID" in aux:
+                                image_id = str(aux["ID"])
+                    finally:
+                        response.close()
+            except aiodocker.DockerError as e:  # refused before building: bad Dockerfile path …
                 if e.status == _CONNECTION_FAILED:
-                    raise
-                log(f"ERROR: {e.message}")
-                raise BuildFailed(f"build of {tag} failed: {e.message}", list(tail)) from e
+                    raise EngineUnavailable(f"build: {e.message}") from e
+                error = e.message
+            finally:
+                archive.close()
+        if error is not None:
+            tail.append(f"ERROR: {error}")
+            if on_log is not None:
+                on_log(tail[-1])
+            raise BuildFailed(f"build of {tag} failed: {error}", list(tail))
         if image_id is None:  # engines that predate the aux ID message
             image_id = (await self.inspect_image(tag) or {}).get("Id")
             if image_id is None:
@@ -240,14 +262,14 @@ class Engine:
             except aiodocker.DockerError as e:
                 if e.status == 404:
                     return None
-                raise ImageError(f"inspect image {ref}: {e.message}") from e
+                raise _failure(e, f"inspect image {ref}", ImageError) from e
 
     async def tag_image(self, image: str, repo: str, tag: str) -> None:
         async with self._calling("tag image"):
             try:
                 await self._docker.images.tag(image, repo, tag=tag)
             except aiodocker.DockerError as e:
-                raise ImageError(f"tag {image} as {repo}:{tag}: {e.message}") from e
+                raise _failure(e, f"tag {image} as {repo}:{tag}", ImageError) from e
 
     async def remove_image(self, ref: str, *, force: bool = False) -> bool:
         """Untag/remove `ref`; False when it did not exist. In use → ImageError."""
@@ -257,7 +279,7 @@ class Engine:
             except aiodocker.DockerError as e:
                 if e.status == 404:
                     return False
-                raise ImageError(f"remove image {ref}: {e.message}") from e
+                raise _failure(e, f"remove image {ref}", ImageError) from e
         return True
 
     async def list_images(self, labels: Mapping[str, str]) -> list[ImageInfo]:
@@ -300,12 +322,12 @@ class Engine:
             try:
                 created = await self._docker.containers.create(body, name=name)
             except aiodocker.DockerError as e:
-                raise ContainerError(f"create container {name}: {e.message}") from e
+                raise _failure(e, f"create container {name}", ContainerError) from e
             try:
                 await created.start()
             except aiodocker.DockerError as e:
                 await self.remove_container(created.id, force=True)
-                raise ContainerError(f"start container {name}: {e.message}") from e
+                raise _failure(e, f"start container {name}", ContainerError) from e
         return created.id
 
     async def stop_container(self, name: str, *, timeout_s: int = 10) -> bool:
@@ -316,7 +338,7 @@ class Engine:
             except aiodocker.DockerError as e:
                 if e.status == 404:
                     return False
-                raise ContainerError(f"stop container {name}: {e.message}") from e
+                raise _failure(e, f"stop container {name}", ContainerError) from e
         return True
 
     async def remove_container(self, name: str, *, force: bool = False) -> bool:
@@ -327,7 +349,7 @@ class Engine:
             except aiodocker.DockerError as e:
                 if e.status == 404:
                     return False
-                raise ContainerError(f"remove container {name}: {e.message}") from e
+                raise _failure(e, f"remove container {name}", ContainerError) from e
         return True
 
     async def rename_container(self, name: str, new_name: str) -> None:
@@ -335,7 +357,7 @@ class Engine:
             try:
                 await self._docker.containers.container(name).rename(new_name)
             except aiodocker.DockerError as e:
-                raise ContainerError(f"rename container {name} to {new_name}: {e.message}") from e
+                raise _failure(e, f"rename container {name} to {new_name}", ContainerError) from e
 
     async def inspect_container(self, name: str) -> ContainerState | None:
         async with self._calling("inspect container"):
@@ -344,7 +366,7 @@ class Engine:
             except aiodocker.DockerError as e:
                 if e.status == 404:
                     return None
-                raise ContainerError(f"inspect container {name}: {e.message}") from e
+                raise _failure(e, f"inspect container {name}", ContainerError) from e
         state = data["State"]
         return ContainerState(
             id=data["Id"],
@@ -390,19 +412,39 @@ class Engine:
             try:
                 container = await self._docker.containers.create(body, name=name)
             except aiodocker.DockerError as e:
-                raise ContainerError(f"create one-off container: {e.message}") from e
+                raise _failure(e, "create one-off container", ContainerError) from e
             try:
                 await container.start()
                 async with asyncio.timeout(timeout_s):
                     result = await container.wait()
                 lines = await container.log(stdout=True, stderr=True)
             except aiodocker.DockerError as e:
-                raise ContainerError(f"one-off {command}: {e.message}") from e
+                raise _failure(e, f"one-off {command}", ContainerError) from e
             except TimeoutError as e:
                 raise ContainerError(f"one-off {command}: no exit after {timeout_s}s") from e
             finally:
                 await asyncio.shield(self.remove_container(container.id, force=True))
         return OneOffResult(exit_code=int(result["StatusCode"]), output="".join(lines))
+
+
+def _build_lines(chunk: dict[str, Any]) -> list[str]:
+    text = str(chunk.get("stream") or chunk.get("status") or "")
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _build_error(chunk: dict[str, Any]) -> str | None:
+    if "error" not in chunk and "errorDetail" not in chunk:
+        return None
+    detail = chunk.get("errorDetail")
+    message = detail.get("message") if isinstance(detail, dict) else None
+    return str(message or chunk.get("error") or "unknown build error")
+
+
+def _failure(error: aiodocker.DockerError, what: str, kind: type[EngineError]) -> EngineError:
+    """`kind` for what the engine refused; EngineUnavailable when it was not reached."""
+    if error.status == _CONNECTION_FAILED:
+        return EngineUnavailable(f"{what}: {error.message}")
+    return kind(f"{what}: {error.message}")
 
 
 def _json(value: object) -> str:
