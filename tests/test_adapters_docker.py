@@ -18,12 +18,15 @@ from kuadeploy.adapters.docker import (
     Engine,
     EngineUnavailable,
     ImageError,
-    parse_docker_time,
 )
 from kuadeploy.adapters.docker_specs import (
+    build_error,
+    build_lines,
     checked_dockerfile,
     container_env,
     create_body,
+    engine_url,
+    parse_docker_time,
     parse_port,
     release_labels,
 )
@@ -430,7 +433,13 @@ def test_create_body_and_env() -> None:
         container_env(settings, {}, None)
 
 
-def test_checked_dockerfile_and_docker_time() -> None:
+def test_small_translations() -> None:
+    assert engine_url("tcp://10.0.0.5:2376", tls=True) == "https://10.0.0.5:2376"
+    assert engine_url("tcp://127.0.0.1:2375", tls=False) == "http://127.0.0.1:2375"
+    assert engine_url("unix:///run/docker.sock", tls=False) == "unix:///run/docker.sock"
+    assert build_error({"stream": "Step 1/2"}) is None
+    assert build_error({"error": "x", "errorDetail": {"message": "COPY failed"}}) == "COPY failed"
+    assert build_lines({"stream": "a\n\nb\n"}) == ["a", "b"]
     assert checked_dockerfile("./docker/Dockerfile") == "docker/Dockerfile"
     for bad in ("", "/Dockerfile", "../Dockerfile", "a/../../Dockerfile"):
         with pytest.raises(ValueError):

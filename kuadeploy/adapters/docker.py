@@ -29,10 +29,14 @@ import msgspec
 
 from kuadeploy.adapters.docker_specs import (
     LABEL_APP,
+    build_error,
+    build_lines,
     checked_dockerfile,
     container_env,
     create_body,
+    engine_url,
     one_off_settings,
+    parse_docker_time,
 )
 from kuadeploy.entry import Container
 
@@ -97,28 +101,11 @@ class OneOffResult(msgspec.Struct, frozen=True):
     output: str  # stdout and stderr, interleaved as the engine recorded them
 
 
-def engine_url(url: str, tls: TlsFiles | None) -> str:
-    """aiohttp speaks http(s), not Docker's tcp:// spelling."""
-    if url.startswith("tcp://"):
-        return ("https://" if tls else "http://") + url.removeprefix("tcp://")
-    if url.startswith(("unix://", "http://", "https://")):
-        return url
-    raise ValueError(f"docker URL {url!r}: expected unix://, tcp://, http:// or https://")
-
-
 def ssl_context(tls: TlsFiles) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=tls.ca)
     if tls.cert:
         context.load_cert_chain(tls.cert, tls.key)
     return context
-
-
-def parse_docker_time(value: str | None) -> datetime | None:
-    """Docker's RFC 3339 with nanoseconds; its zero time means "never"."""
-    if not value or value.startswith("0001-01-01"):
-        return None
-    head, _, frac = value.rstrip("Z").partition(".")
-    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
 
 
 def tar_directory(directory: Path) -> IO[bytes]:
@@ -145,7 +132,7 @@ class Engine:
         self.url = url
         self._connect_timeout_s = connect_timeout_s
         self._docker = aiodocker.Docker(
-            url=engine_url(url, tls),
+            url=engine_url(url, tls is not None),
             ssl_context=ssl_context(tls) if tls else None,
             timeout=aiohttp.ClientTimeout(connect=connect_timeout_s),
         )
@@ -228,11 +215,11 @@ class Engine:
                     try:
                         async for raw in response.content:
                             chunk = json.loads(raw) if raw.strip() else {}
-                            for line in _build_lines(chunk):
+                            for line in build_lines(chunk):
                                 tail.append(line)
                                 if on_log is not None:
                                     on_log(line)
-                            error = error or _build_error(chunk)
+                            error = error or build_error(chunk)
                             aux = chunk.get("aux")
                             if isinstance(aux, dict) and "ID" in aux:
                                 image_id = str(aux["ID"])
@@ -425,19 +412,6 @@ class Engine:
             finally:
                 await asyncio.shield(self.remove_container(container.id, force=True))
         return OneOffResult(exit_code=int(result["StatusCode"]), output="".join(lines))
-
-
-def _build_lines(chunk: dict[str, Any]) -> list[str]:
-    text = str(chunk.get("stream") or chunk.get("status") or "")
-    return [line for line in text.splitlines() if line.strip()]
-
-
-def _build_error(chunk: dict[str, Any]) -> str | None:
-    if "error" not in chunk and "errorDetail" not in chunk:
-        return None
-    detail = chunk.get("errorDetail")
-    message = detail.get("message") if isinstance(detail, dict) else None
-    return str(message or chunk.get("error") or "unknown build error")
 
 
 def _failure(error: aiodocker.DockerError, what: str, kind: type[EngineError]) -> EngineError:

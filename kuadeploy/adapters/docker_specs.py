@@ -7,6 +7,7 @@ so what a container will look like can be checked without an engine.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -109,3 +110,35 @@ def checked_dockerfile(path: str) -> str:
     if not path or pure.is_absolute() or ".." in pure.parts:
         raise ValueError(f"dockerfile {path!r} must be a relative path inside the context")
     return str(pure)
+
+
+def engine_url(url: str, tls: bool) -> str:
+    """aiohttp speaks http(s), not Docker's tcp:// spelling."""
+    if url.startswith("tcp://"):
+        return ("https://" if tls else "http://") + url.removeprefix("tcp://")
+    if url.startswith(("unix://", "http://", "https://")):
+        return url
+    raise ValueError(f"docker URL {url!r}: expected unix://, tcp://, http:// or https://")
+
+
+def parse_docker_time(value: str | None) -> datetime | None:
+    """Docker's RFC 3339 with nanoseconds; its zero time means "never"."""
+    if not value or value.startswith("0001-01-01"):
+        return None
+    head, _, frac = value.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
+
+
+def build_lines(chunk: dict[str, Any]) -> list[str]:
+    """The log lines in one message of the engine's JSON build stream."""
+    text = str(chunk.get("stream") or chunk.get("status") or "")
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def build_error(chunk: dict[str, Any]) -> str | None:
+    """The error a build stream message reports (the HTTP status stays 200), if any."""
+    if "error" not in chunk and "errorDetail" not in chunk:
+        return None
+    detail = chunk.get("errorDetail")
+    message = detail.get("message") if isinstance(detail, dict) else None
+    return str(message or chunk.get("error") or "unknown build error")
