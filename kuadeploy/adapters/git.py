@@ -76,6 +76,14 @@ class Mirror:
         self.repo = repo
 
     @classmethod
+    def open(cls, path: Path) -> Mirror:
+        """An existing mirror, without fetching."""
+        try:
+            return cls(pygit2.Repository(str(path)))
+        except pygit2.GitError as e:
+            raise GitError(_explained(e)) from e
+
+    @classmethod
     def sync(cls, url: str, path: Path, credentials: Credentials | None = None) -> Mirror:
         """Create the mirror at `path` when missing, point it at `url`, fetch."""
         try:
