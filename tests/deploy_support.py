@@ -44,7 +44,9 @@ async def deploy(api: Api, app_name: str, **body: Any) -> str:
     return answer["deploy_id"]
 
 
-async def wait_status(api: Api, deploy_id: str, statuses=TERMINAL, timeout: float = 60) -> dict:
+async def wait_status(
+    api: Api, deploy_id: str, statuses=TERMINAL, timeout: float = 60, poll_s: float = 0.1
+) -> dict:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         status, view, _ = await api.call("GET", f"/api/v1/deploys/{deploy_id}", role="reader")
@@ -53,7 +55,7 @@ async def wait_status(api: Api, deploy_id: str, statuses=TERMINAL, timeout: floa
             return view
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"deploy {deploy_id} still {view['status']}: {view['steps']}")
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(poll_s)
 
 
 def docker_json(url: str, *args: str) -> Any:
