@@ -27,6 +27,7 @@ from kuadeploy.ledger.verify import load_trusted, save_trusted, verify_ledger
 from kuadeploy.legacy import LegacyImportError, plan_legacy_import
 from kuadeploy.notify import Notifier
 from kuadeploy.projector import Projector, load_state
+from kuadeploy.sinks.git import GitSink
 from kuadeploy.tokens import TokenBook, add_token, read_token_file
 from projections.history import Change, fold_history
 
@@ -51,6 +52,7 @@ class Service:
         self.notifier = Notifier()
         ledger.subscribe(self.notifier.notify)
         self._health: dict[str, Any] = {}
+        self.sinks: list[GitSink] = []
 
     @classmethod
     async def open(cls, config: Config) -> Service:
@@ -69,6 +71,7 @@ class Service:
             service = cls(config, ledger, projector, lock_fd)
             await service._import_legacy()
             service._bootstrap_admin_token()
+            service._start_sinks()
         except BaseException:
             await ledger.close()
             os.close(lock_fd)
@@ -76,7 +79,9 @@ class Service:
         return service
 
     async def close(self) -> None:
-        await self.ledger.close()
+        await self.ledger.close()  # first: its last batches still reach the sinks
+        for sink in self.sinks:
+            await sink.close()
         os.close(self._lock_fd)
 
     def health_details(self) -> dict[str, Any]:
@@ -85,6 +90,9 @@ class Service:
 
     def report_health(self, key: str, value: Any) -> None:
         self._health[key] = value
+
+    def sink_failures(self) -> int:
+        return sum(sink.failures for sink in self.sinks)
 
     @property
     def registry(self):
@@ -112,6 +120,20 @@ class Service:
             return
         self.bootstrap_token = add_token(self.config.data_dir, "admin", "admin")
         self.tokens = TokenBook(self.config)
+
+    def _start_sinks(self) -> None:
+        """Mirrors of the registry, fed after each commit; never in the way of appends."""
+        git = self.config.export.git
+        if git is not None:
+            sink = GitSink(git, self.ledger, self.config.data_dir, self._sink_reporter("git"))
+            self.sinks.append(sink)
+            sink.start()
+
+    def _sink_reporter(self, name: str):
+        def report(status: dict[str, Any]) -> None:
+            self.report_health("sinks", {**self._health.get("sinks", {}), name: status})
+
+        return report
 
     # --- registry -------------------------------------------------------------------
 
