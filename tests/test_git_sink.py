@@ -16,6 +16,8 @@ import pytest
 from kuadeploy import events as ev
 from kuadeploy.config import ExportConfig, GitSinkConfig
 from kuadeploy.ledger import NewEvent
+from kuadeploy.sinks.git import GitSink
+from kuadeploy.sinks.mirror import Marker, commit_message, parse_marker
 from tests.api_support import entry_doc, make_config, running
 from tests.support import entry
 
@@ -182,7 +184,8 @@ async def test_restart_adds_no_duplicates_and_catches_up_missed_changes(tmp_path
     async with running(config) as api:
         for branch in ("a", "b", "c"):
             await api.call("PUT", "/api/v1/apps/web", json=entry_doc(branch))
-        await wait_mirrored(api, 3)
+    # Closing flushed what was queued.
+    assert [seq for _, seq in mirror_commits(repo)] == [1, 2, 3]
     async with running(config) as api:
         await wait_mirrored(api, 3)
         assert len(mirror_commits(repo)) == 3
@@ -266,3 +269,42 @@ async def test_invalid_branch_is_reported(tmp_path, branch):
         assert status == 201
         failing = await wait_failing(api)
         assert "not a valid git branch name" in failing["error"]
+
+
+async def test_queue_overflow_falls_back_to_the_ledger(tmp_path):
+    """A sink down through more changes than it queues still mirrors every one of them."""
+    repo = tmp_path / "second.git"
+    repo.write_text("not yet\n")
+    async with running(make_config(tmp_path / "data")) as api:
+        reports: list[dict] = []
+        sink = GitSink(
+            GitSinkConfig(repo=str(repo)), api.service.ledger, str(tmp_path), reports.append, 2
+        )
+        sink.start()
+        try:
+            for i in range(5):
+                await api.call("PUT", "/api/v1/apps/web", json=entry_doc(f"b{i}"))
+            while not reports or reports[-1]["ok"] or reports[-1]["pending"] > 2:
+                await asyncio.sleep(0.02)
+            repo.unlink()
+            await api.call("DELETE", "/api/v1/apps/web")
+            while sink.position != 6 or sink.error:
+                await asyncio.sleep(0.02)
+        finally:
+            await sink.close()
+        await assert_reproduces(api, repo, [1, 2, 3, 4, 5, 6], tmp_path)
+
+
+def test_commit_message_carries_actor_change_seq_and_hash():
+    event = ev.envelope(
+        ev.AppPatched(app="web", entry=entry(), patch={"branch": "main"}),
+        seq=7,
+        ts="2026-03-01T10:00:00.000000Z",
+        stream="app/web",
+        version=2,
+        actor="webhook:infra/web",
+    )
+    message = commit_message(event, bytes(range(32)))
+    assert message.splitlines()[0] == "webhook:infra/web: AppPatched web (seq 7)"
+    assert parse_marker(message) == Marker(7, bytes(range(32)).hex())
+    assert parse_marker("readme\n\nKua-Seq: 7\n") is None  # no hash: not ours

@@ -16,7 +16,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing, nullcontext, suppress
+from contextlib import closing, nullcontext
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -117,8 +117,10 @@ class GitSink:
         ledger: Ledger,
         data_dir: str,
         report: Callable[[dict[str, Any]], None],
+        max_pending: int = MAX_PENDING,
     ):
         self.config = config
+        self._max_pending = max_pending
         self._ledger = ledger
         self._report = report
         target = GitTarget(config.repo, config.branch, Path(data_dir) / "sinks")
@@ -126,6 +128,7 @@ class GitSink:
         self._pending: list[StoredEvent] = []
         self._covered_from = 0  # _pending holds every registry event after this seq
         self._wake = asyncio.Event()
+        self._due = False  # something to mirror (or retry) since the last round
         self._stopping = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="git-sink")
         self._task: asyncio.Task | None = None
@@ -138,6 +141,7 @@ class GitSink:
         """Subscribe and start catching up; returns at once."""
         self._covered_from = self._ledger.head.seq  # before it: read from the ledger
         self._unsubscribe = self._ledger.subscribe(self._on_commit)
+        self._due = True
         self._wake.set()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="git-sink")
         self._report(self.status())
@@ -147,21 +151,25 @@ class GitSink:
         mine = [s for s in batch if s.event.type in _SINK_TYPES]
         if not mine:
             return
-        if len(self._pending) + len(mine) > MAX_PENDING:
+        if len(self._pending) + len(mine) > self._max_pending:
             self._pending.clear()
             self._covered_from = batch[-1].seq
         else:
             self._pending.extend(mine)
+        self._due = True
         self._wake.set()
 
     async def _run(self) -> None:
         while True:
             if not self._wake.is_set():
-                if self._stopping:
-                    return
                 retry = RETRY_S if self.error else None
-                with suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(self._wake.wait(), retry)
+                except TimeoutError:
+                    self._due = True  # a failed round is retried even without new events
+            if self._stopping and not self._due:
+                return  # closing with nothing new: what failed before waits for the next start
+            self._due = False
             self._wake.clear()
             if not await self._round() and self._stopping:
                 return
