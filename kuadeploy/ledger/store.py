@@ -356,10 +356,13 @@ class Ledger:
                 yield StoredEvent(s, b, h)
             after = rows[-1][0]
 
-    async def read_stream(self, stream: str, after_version: int = 0) -> list[StoredEvent]:
+    async def read_stream(
+        self, stream: str, after_version: int = 0, after_seq: int = 0
+    ) -> list[StoredEvent]:
         cur = await self._reader.execute(
-            "SELECT seq, body, hash FROM events WHERE stream = ? AND version > ? ORDER BY version",
-            (stream, after_version),
+            "SELECT seq, body, hash FROM events WHERE stream = ? AND version > ? AND seq > ? "
+            "ORDER BY version",
+            (stream, after_version, after_seq),
         )
         return [StoredEvent(s, b, h) for s, b, h in await cur.fetchall()]
 
