@@ -17,6 +17,7 @@ from kuadeploy import events as ev
 from kuadeploy.client import Client, ClientError
 from kuadeploy.config import Config, ConfigError, load_config
 from kuadeploy.export import AtError, export_at, resolve_at
+from kuadeploy.follow import follow
 from kuadeploy.ledger import GENESIS, SchemaError, reading
 from kuadeploy.ledger.store import utc_now
 from kuadeploy.ledger.verify import load_trusted, save_trusted, verify_ledger
@@ -76,7 +77,8 @@ def _client(args: argparse.Namespace) -> Client | None:
     """A client of a running server when a URL is given (--url, else KUA_URL unless
     --data-dir or --config ask for the offline command)."""
     url = args.url
-    if url is None and not (args.data_dir or args.config):
+    offline = getattr(args, "data_dir", None) or getattr(args, "config", None)
+    if url is None and not offline:
         url = os.environ.get("KUA_URL")
     if not url:
         return None
@@ -118,6 +120,24 @@ def cmd_history(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(historyview.render(doc["changes"]))
     return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if client is None:
+        raise CliError("deploy needs a running server: pass --url (or set KUA_URL)")
+    body: dict = {"force": args.force}
+    if args.sha:
+        body["sha"] = args.sha
+    answer = client.deploy(args.app, body)
+    deploy_id = answer["deploy_id"]
+    if answer.get("noop"):
+        print(f"nothing to do: {answer['reason']} (deploy {deploy_id})")
+    else:
+        print(f"deploy {deploy_id} queued")
+    if not args.follow:
+        return 0
+    return follow(client, deploy_id)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -177,6 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", parents=[offline, client], help="the registry as JSON")
     export.add_argument("--at", help="a seq or an RFC 3339 time (default: the head)")
     export.set_defaults(func=cmd_export)
+
+    deploy = sub.add_parser("deploy", parents=[client], help="deploy an app (the release command)")
+    deploy.add_argument("app")
+    deploy.add_argument("--sha", help="the commit to deploy (default: the branch head)")
+    deploy.add_argument("--force", action="store_true", help="even if already deployed")
+    deploy.add_argument(
+        "--follow", action="store_true", help="watch it live; exit 0 only on a verified success"
+    )
+    deploy.set_defaults(func=cmd_deploy)
 
     history = sub.add_parser("history", parents=[offline, client], help="every change of an app")
     history.add_argument("app")

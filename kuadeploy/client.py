@@ -7,6 +7,7 @@ import json
 import socket
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -33,9 +34,50 @@ class Client:
     def export(self, at: str | None) -> dict[str, Any]:
         return self.get("/api/v1/registry/export", {"at": at} if at else None)
 
+    def deploy(self, app: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", f"/api/v1/apps/{quote(app, safe='')}/deploy", body)
+
+    def deploy_view(self, deploy_id: str) -> dict[str, Any]:
+        return self.get(f"/api/v1/deploys/{quote(deploy_id, safe='')}")
+
+    def events(self, path: str, last_id: str | None = None) -> Iterator[tuple[str, dict]]:
+        """(id, data) of each Server-Sent Event at `path` until the server ends the
+        stream; a dropped connection is resumed from the last id seen."""
+        while True:
+            headers = {"Authorization": f"Bearer {self._token}", "Accept": "text/event-stream"}
+            if last_id:
+                headers["Last-Event-ID"] = last_id
+            req = urllib.request.Request(self.url + path, headers=headers)
+            try:
+                with urllib.request.urlopen(req, timeout=max(self._timeout, 60)) as resp:
+                    ident = None
+                    for raw in resp:
+                        line = raw.decode().rstrip("\r\n")
+                        if line.startswith("id: "):
+                            ident = line[4:]
+                        elif line.startswith("data: ") and ident is not None:
+                            last_id = ident
+                            yield ident, json.loads(line[6:])
+                return
+            except urllib.error.HTTPError as exc:
+                raise ClientError(_http_message(exc)) from None
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+                if isinstance(exc, urllib.error.URLError) and isinstance(
+                    exc.reason, ConnectionRefusedError
+                ):
+                    raise ClientError(f"cannot reach {self.url}: {_reason(exc.reason)}") from None
+                continue  # the stream broke: resume after the last event seen
+
     def get(self, path: str, query: dict[str, str] | None = None) -> Any:
         url = self.url + path + (f"?{urlencode(query)}" if query else "")
-        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {self._token}"})
+        return self.request("GET", url[len(self.url) :])
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Authorization": f"Bearer {self._token}"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(self.url + path, data, headers, method=method)
         try:
             with urllib.request.urlopen(req, timeout=self._timeout) as resp:
                 return json.loads(resp.read())
