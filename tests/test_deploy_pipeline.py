@@ -371,3 +371,25 @@ async def test_cli_deploy_follow_shows_steps_and_exits_by_the_verdict(api, sampl
 
     rc, out, err = await run_cli_async("deploy", sample_app.name, *client[:2], "--token", "bad")
     assert rc == 2 and err.startswith("kuadeploy: unauthorized")
+
+
+async def test_cancel_during_verify_restores_the_previous_release(api, sample_app, docker_a):
+    import asyncio
+
+    await register(api, sample_app)
+    good = await deployed(api, sample_app)
+    entry = sample_app.entry("a")
+    entry["verify"]["stable_s"] = 4  # the window the cancel lands in (rollback waits it too)
+    await api.call("PUT", f"/api/v1/apps/{sample_app.name}", json=entry)
+    sample_app.healthy(note="never verified")
+    deploy_id = await deploy(api, sample_app.name)
+    while ("verify", "running") not in step_names(
+        (await api.call("GET", f"/api/v1/deploys/{deploy_id}"))[1]
+    ):
+        await asyncio.sleep(0.1)
+    status, view, _ = await api.call("POST", f"/api/v1/deploys/{deploy_id}/cancel", role="deployer")
+    assert status == 200 and view["status"] == "cancelled", view
+    assert ("rollback", "succeeded") in step_names(view)
+    assert container_labels(docker_a, sample_app.name)["kua.sha"] == good["sha"]
+    _, rt, _ = await api.call("GET", f"/api/v1/apps/{sample_app.name}/runtime-status")
+    assert rt["release"]["sha"] == good["sha"] and rt["drift"] is False
