@@ -9,6 +9,7 @@ from aiohttp import web
 
 from kuadeploy.errors import ApiError
 from kuadeploy.http import ledger as ledger_routes
+from kuadeploy.http import openapi as openapi_routes
 from kuadeploy.http import registry as registry_routes
 from kuadeploy.http.common import PRINCIPAL, SERVICE, Handler, problem_response
 from kuadeploy.http.metrics import Metrics
@@ -100,6 +101,7 @@ def make_app(service: Service) -> web.Application:
     app.router.add_get("/metrics", metrics_handler)
     app.add_routes(ledger_routes.routes)
     app.add_routes(registry_routes.routes)
+    app.add_routes(openapi_routes.routes)
 
     async def on_shutdown(_app: web.Application) -> None:
         service.notifier.close()
