@@ -10,6 +10,7 @@ configured servers (the `server` of a new entry must be one of them).
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Union
 
 import msgspec
@@ -51,6 +52,9 @@ def components() -> dict[str, Any]:
     (stored_schema, event_schema, *_), found = msgspec.json.schema_components(
         (stored, listed, AppEntry, *ANSWERS), ref_template=REF
     )
+    for schema in found.values():  # docstrings keep their indentation in msgspec's schemas
+        if "description" in schema:
+            schema["description"] = inspect.cleandoc(schema["description"])
     found["StoredEvent"] = {"description": "A stored ledger body, decoded", **stored_schema}
     found["Event"] = {"description": "An event as the feed lists it", **event_schema}
     found["EventsPage"] = {
