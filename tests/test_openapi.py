@@ -3,6 +3,7 @@ role its handler requires, and — fuzzed by schemathesis — true of the runnin
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -114,6 +115,54 @@ def test_every_operation_lists_its_problems_as_problem_json(document: dict) -> N
 
 
 # --- schemathesis against the running server ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def full_schema(live: LiveServer, document: dict):
+    schema = schemathesis.openapi.from_dict(document)
+    schema.config.update(base_url=live.url)
+    return schema
+
+
+def conforming(schema, method: str, path: str, *, expect: int, **case) -> dict:
+    """Call one operation as documented; the answer must conform to the document."""
+    operation = schema[path][method]
+    response = operation.Case(**case).call_and_validate(
+        headers={"Authorization": f"Bearer {TOKENS['admin']}"}, checks=CHECKS, timeout=10
+    )
+    assert response.status_code == expect, response.text
+    return response.json()
+
+
+def test_deploy_answers_conform(full_schema, tmp_path) -> None:
+    """Random input rarely reaches a real deploy: walk one through its states. The repo
+    does not exist and the engine is down, so it fails at once, on this machine."""
+    app = {"app": "conform"}
+    entry = {"server": "local", "repo": str(tmp_path / "missing.git"), "branch": "main"}
+    conforming(full_schema, "PUT", "/api/v1/apps/{app}", expect=201, path_parameters=app,
+               body=entry, media_type="application/json")  # fmt: skip
+    queued = conforming(full_schema, "POST", "/api/v1/apps/{app}/deploy", expect=202,
+                        path_parameters=app, body={}, media_type="application/json")  # fmt: skip
+    one = {"id": queued["deploy_id"]}
+    for _ in range(100):
+        view = conforming(full_schema, "GET", "/api/v1/deploys/{id}", expect=200,
+                          path_parameters=one)  # fmt: skip
+        if view["status"] not in ("queued", "running"):
+            break
+        time.sleep(0.05)
+    assert view["status"] == "failed", view
+    conforming(full_schema, "GET", "/api/v1/apps/{app}/progress", expect=200, path_parameters=app)
+    status = conforming(full_schema, "GET", "/api/v1/apps/{app}/runtime-status", expect=200,
+                        path_parameters=app)  # fmt: skip
+    assert status["drift"] is None and status["engine_error"]
+    conforming(full_schema, "POST", "/api/v1/deploys/{id}/approve", expect=409,
+               path_parameters=one)  # fmt: skip
+    conforming(full_schema, "POST", "/api/v1/deploys/{id}/cancel", expect=409,
+               path_parameters=one)  # fmt: skip
+    conforming(full_schema, "POST", "/api/v1/apps/{app}/rollback", expect=409,
+               path_parameters=app, body={}, media_type="application/json")  # fmt: skip
+    page = conforming(full_schema, "GET", "/api/v1/events", expect=200, query={"limit": 1000})
+    assert {"DeployRequested", "DeployFailed"} <= {e["type"] for e in page["events"]}
 
 
 @pytest.fixture(scope="module")

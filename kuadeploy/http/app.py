@@ -7,6 +7,7 @@ import time
 from aiohttp import web
 
 from kuadeploy.errors import ApiError
+from kuadeploy.http import deploys as deploy_routes
 from kuadeploy.http import ledger as ledger_routes
 from kuadeploy.http import openapi as openapi_routes
 from kuadeploy.http import registry as registry_routes
@@ -83,6 +84,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
 async def metrics_handler(request: web.Request) -> web.Response:
     metrics, svc = request.app[METRICS], request.app[SERVICE]
     metrics.head_seq.set(svc.ledger.head.seq)
+    metrics.count_sink_failures(svc.sink_failures())
     if svc.last_verify is not None:
         metrics.verify_ok.set(1 if svc.last_verify.ok else 0)
     return web.Response(body=metrics.render(), headers={"Content-Type": metrics.content_type})
@@ -100,6 +102,7 @@ def make_app(service: Service) -> web.Application:
     app.router.add_get("/metrics", metrics_handler)
     app.add_routes(ledger_routes.routes)
     app.add_routes(registry_routes.routes)
+    app.add_routes(deploy_routes.routes)
     app.add_routes(openapi_routes.routes)
 
     async def on_shutdown(_app: web.Application) -> None:

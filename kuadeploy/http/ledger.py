@@ -64,8 +64,9 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
     return await sse(request, after, lambda a: svc.ledger.read(a, 500), event_json)
 
 
-async def sse(request, after, fetch, render) -> web.StreamResponse:
-    """Stream what `fetch(after)` returns as SSE, waiting for commits, with heartbeats."""
+async def sse(request, after, fetch, render, done=lambda: False) -> web.StreamResponse:
+    """Stream what `fetch(after)` returns as SSE, waiting for commits, with heartbeats,
+    until `done()` says nothing more will come (then the stream ends)."""
     svc = service(request)
     response = web.StreamResponse(
         headers={
@@ -77,6 +78,7 @@ async def sse(request, after, fetch, render) -> web.StreamResponse:
     await response.prepare(request)
     heartbeat = svc.config.sse_heartbeat_s
     while not svc.notifier.closed:
+        finished = done()  # before the read: an end committed during it is still sent
         page = await fetch(after)
         if page:
             chunk = []
@@ -86,6 +88,8 @@ async def sse(request, after, fetch, render) -> web.StreamResponse:
                 after = stored.seq
             await response.write("".join(chunk).encode())
             continue
+        if finished:
+            break
         if svc.ledger.head.seq > after:
             continue  # committed after our read: no need to wait
         if not await svc.notifier.wait(heartbeat):

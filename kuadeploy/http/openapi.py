@@ -17,10 +17,12 @@ import msgspec
 from aiohttp import web
 
 from kuadeploy import __version__
+from kuadeploy.commands.deploys import DeployRequest, RollbackRequest
 from kuadeploy.entry import AppEntry
 from kuadeploy.http import schemas
 from kuadeploy.http.common import service
 from kuadeploy.http.operations import PROBLEMS, REF, operations
+from projections.deploys import DeployView
 
 routes = web.RouteTableDef()
 
@@ -36,10 +38,10 @@ ANSWERS = (
     schemas.VerifyReport,
     schemas.InclusionProof,
     schemas.ConsistencyProof,
-    schemas.DeployRequest,
-    schemas.RollbackRequest,
+    DeployRequest,
+    RollbackRequest,
     schemas.DeployAccepted,
-    schemas.Deploy,
+    DeployView,
     schemas.RuntimeStatus,
     schemas.WebhookAnswer,
 )

@@ -101,6 +101,7 @@ def op(
     role: str | None = None,
     params: tuple[dict, ...] = (),
     body: dict[str, Any] | None = None,
+    body_required: bool = True,
     errors: tuple[int, ...] = (),
     security: list[dict] | None = None,
     description: str | None = None,
@@ -122,7 +123,7 @@ def op(
     if params:
         out["parameters"] = list(params)
     if body is not None:
-        out["requestBody"] = {"required": True, "content": body}
+        out["requestBody"] = {"required": body_required, "content": body}
     out["responses"] = responses
     out["security"] = security if security is not None else ([{"bearer": []}] if role else [])
     if role is not None:
@@ -361,8 +362,11 @@ def ledger_paths() -> dict[str, Any]:
 
 
 def deploy_paths() -> dict[str, Any]:
-    accepted = {"202": answer("Queued", ref("DeployAccepted"))}
-    one_deploy = {"200": answer("The deploy", ref("Deploy"))}
+    accepted = {
+        "202": answer("Queued", ref("DeployAccepted")),
+        "200": answer("Nothing to do (`noop`), and why", ref("DeployAccepted")),
+    }
+    one_deploy = {"200": answer("The deploy", ref("DeployView"))}
     return {
         "/api/v1/apps/{app}/deploy": {
             "post": op(
@@ -372,8 +376,10 @@ def deploy_paths() -> dict[str, Any]:
                 accepted,
                 role="deployer",
                 params=(APP,),
-                errors=(404, 422),
+                errors=(404, 422, 503),
                 body=json_content(ref("DeployRequest")),
+                body_required=False,
+                description="An empty body deploys the head of the app's branch.",
             ),
         },
         "/api/v1/apps/{app}/rollback": {
@@ -384,8 +390,10 @@ def deploy_paths() -> dict[str, Any]:
                 accepted,
                 role="deployer",
                 params=(APP,),
-                errors=(404, 409, 422),
+                errors=(404, 409, 422, 503),
                 body=json_content(ref("RollbackRequest")),
+                body_required=False,
+                description="An empty body rolls back to the previous verified release.",
             ),
         },
         "/api/v1/apps/{app}/progress": {

@@ -14,9 +14,10 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from kuadeploy.entry import AppEntry
-from kuadeploy.events import EVENT_TYPES, Step
+from kuadeploy.events import EVENT_TYPES
 from kuadeploy.validation import Problem as EntryProblem
 from projections.history import Change
+from projections.runtime import Release
 
 HexHash = Annotated[
     str, msgspec.Meta(pattern="^[0-9a-f]{64}$", description="SHA-256, lowercase hex")
@@ -186,61 +187,41 @@ class ConsistencyProof(Open):
     hashes: list[HexHash]
 
 
-# --- deploys --------------------------------------------------------------------------
-
-DeployStatus = Literal[
-    "queued",
-    "running",
-    "awaiting_approval",
-    "succeeded",
-    "failed",
-    "rolled_back",
-    "cancelled",
-    "superseded",
-    "interrupted",
-]
+# --- deploys (the views are the projections' own types) ------------------------------
 
 
-class DeployRequest(Exact):
-    """Deploy this SHA (or the head of `ref`, or of the app's branch)."""
+class DeployAccepted(Exact):
+    """202: queued (`superseded`: queued deploys of the app it replaces). 200 with `noop`:
+    nothing to do, and why (e.g. that SHA is already deployed or queued)."""
 
-    sha: str | None = None
-    ref: str | None = None
-    force: bool = False
-
-
-class RollbackRequest(Exact):
-    """Redeploy a retained release image (`to`: its SHA; the previous one if absent)."""
-
-    to: str | None = None
-
-
-class DeployAccepted(Open):
     deploy_id: str
+    superseded: list[str] | UnsetType = UNSET
+    noop: Literal[True] | UnsetType = UNSET
+    reason: str | UnsetType | None = UNSET
 
 
-class DeployStep(Open):
-    name: Step
+class ContainerState(Exact):
+    id: str
+    name: str
+    running: bool
     status: str
-    started: Timestamp | None
-    finished: Timestamp | None
-    detail: Any = UNSET
-
-
-class Deploy(Open):
-    status: DeployStatus
-    app: str
     sha: str | None
-    trigger: str
-    steps: list[DeployStep]
+    image_id: str
+    restart_count: int
+    started_at: str | None
 
 
-class RuntimeStatus(Open):
-    """The last verified release, the live container state, and whether they differ."""
+class RuntimeStatus(Exact):
+    """The last verified release, the live container, and whether they differ (`drift`;
+    null with `engine_error` when the engine cannot be asked)."""
 
-    drift: bool
-    release: dict[str, Any] | UnsetType | None = UNSET
-    container: dict[str, Any] | UnsetType | None = UNSET
+    app: str
+    server: str
+    release: Release | None
+    releases: list[Release]
+    container: ContainerState | None
+    drift: bool | None
+    engine_error: str | UnsetType = UNSET
 
 
 class Ignored(Open):
