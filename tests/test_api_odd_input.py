@@ -39,12 +39,14 @@ async def test_body_that_is_not_utf8_is_400(tmp_path, method: str) -> None:
         assert await api.head_seq() == head
 
 
-@pytest.mark.parametrize("path", ["/api/v1/apps/web/deploy", "/api/v1/apps/web/rollback"])
-async def test_deploy_body_that_is_not_utf8_is_400(tmp_path, path: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "field"), [("/api/v1/apps/web/deploy", "sha"), ("/api/v1/apps/web/rollback", "to")]
+)
+async def test_deploy_body_that_is_not_utf8_is_400(tmp_path, path: str, field: str) -> None:
     async with running(make_config(tmp_path)) as api:
         await api.call("PUT", "/api/v1/apps/web", json=entry_doc())
         head = await api.head_seq()
-        raw = b'{"sha":"\xed\xa0\x80"}'
+        raw = b'{"' + field.encode() + b'":"\xed\xa0\x80"}'
         status, body, resp = await api.call(
             "POST", path, data=raw, headers={"Content-Type": "application/json"}
         )
