@@ -232,9 +232,10 @@ class Ledger:
     async def _commit(self, batch: list[_Request]) -> None:
         for _attempt in range(3):
             self._load_versions({it.stream for r in batch for it in r.items})
-            staged = self._stage(batch)
+            staged, conflicts = self._stage(batch)
             rows = [row for _, stored, rowset in staged for row in rowset]
             if not rows:
+                _fail(conflicts)
                 return
             try:
                 await self._insert(rows)
@@ -258,15 +259,21 @@ class Ledger:
             for req, stored, _ in staged:
                 if not req.future.done():
                     req.future.set_result(stored)
+            # Only now, with the winners applied: a loser that decides again sees them.
+            _fail(conflicts)
             return
         raise sqlite3.OperationalError("ledger: concurrent writers kept conflicting")
 
-    def _stage(self, batch: list[_Request]) -> list[tuple[_Request, list[StoredEvent], list]]:
-        """Give every acceptable request its seqs, versions and chain hashes."""
+    def _stage(
+        self, batch: list[_Request]
+    ) -> tuple[list[tuple[_Request, list[StoredEvent], list]], list[tuple[_Request, Exception]]]:
+        """Give every acceptable request its seqs, versions and chain hashes; the others
+        their ConflictError, to be raised once this batch is committed."""
         seq, prev = self._head
         ts = max(self._clock(), self._last_ts)  # monotonic, so time lookups can bisect
         versions: dict[str, int] = {}  # stream -> version after the requests staged so far
         staged = []
+        conflicts: list[tuple[_Request, Exception]] = []
         for req in batch:
             if req.future.done():  # the caller gave up before we wrote: write nothing
                 continue
@@ -279,7 +286,7 @@ class Ledger:
                             raise ConflictError(it.stream, it.expected_version, current)
                         local[it.stream] = current
             except ConflictError as conflict:
-                req.future.set_exception(conflict)
+                conflicts.append((req, conflict))
                 continue
             stored, rows = [], []
             for it in req.items:
@@ -294,7 +301,7 @@ class Ledger:
                 rows.append((seq, it.stream, version, env.type, ts, body, prev))
             versions.update(local)
             staged.append((req, stored, rows))
-        return staged
+        return staged, conflicts
 
     async def _run(self, fn: Callable, *args: object) -> float:
         """Run a timed write on the loop, or on the commit thread while the disk is slow."""
@@ -388,6 +395,12 @@ class Ledger:
         cur = await self._reader.execute("SELECT MAX(seq) FROM events WHERE ts <= ?", (ts,))
         row = await cur.fetchone()
         return (row[0] if row else None) or 0
+
+
+def _fail(conflicts: list[tuple[_Request, Exception]]) -> None:
+    for req, exc in conflicts:
+        if not req.future.done():
+            req.future.set_exception(exc)
 
 
 def _read_head(conn: sqlite3.Connection) -> tuple[Head, str]:
