@@ -40,8 +40,13 @@ async def api(tmp_path, stalled_forge):  # noqa: F811
 
 
 async def track(api, app: str = "web", branch: str = "main", **entry) -> None:
-    doc = {"server": "local", "repo": f"{api.forge_url}/kua/web.git", "branch": branch,
-           "forge_repo": "kua/web", **entry}  # fmt: skip
+    doc = {
+        "server": "local",
+        "repo": f"{api.forge_url}/kua/web.git",
+        "branch": branch,
+        "forge_repo": "kua/web",
+        **entry,
+    }
     doc = {k: v for k, v in doc.items() if v is not None}
     status, body, _ = await api.call("PUT", f"/api/v1/apps/{app}", json=doc)
     assert status == 201, body
