@@ -20,7 +20,7 @@ from kuadeploy.config import WebhookConfig
 from kuadeploy.entry import AppEntry
 from kuadeploy.forge import payload as wire
 from kuadeploy.forge import signature as sig
-from kuadeploy.forge.match import repo_key, tracks_repo
+from kuadeploy.forge.match import apps_of_repo, repo_key
 from kuadeploy.projector import State, fold
 from tests.forge import ZERO40, ZERO64, ForgeRepo, deliver, go_json
 
@@ -212,16 +212,17 @@ def test_local_paths_and_other_repos_do_not_collide():
     assert repo_key("https://forge.test/kua/web2.git") != repo_key("https://forge.test/kua/web")
 
 
-def test_tracks_repo_by_forge_repo_or_by_url():
+def test_apps_of_a_repo_by_forge_repo_or_by_url():
     base = "https://forge.test/kua/web"
     repo = wire.Repository("kua/web", f"{base}.git", "git@forge.test:kua/web.git", base)
-    by_name = AppEntry(server="s", repo="/elsewhere", branch="main", forge_repo="KUA/web")
-    by_ssh = AppEntry(server="s", repo="ssh://git@forge.test/kua/web.git", branch="main")
-    other = AppEntry(
-        server="s", repo="https://forge.test/kua/api.git", branch="main", forge_repo="kua/api"
-    )
-    assert tracks_repo(by_name, repo) and tracks_repo(by_ssh, repo)
-    assert not tracks_repo(other, repo)
+    entries = {
+        "by-name": AppEntry(server="s", repo="/elsewhere", branch="main", forge_repo="KUA/web"),
+        "by-ssh": AppEntry(server="s", repo="ssh://git@forge.test/kua/web.git", branch="dev"),
+        "other": AppEntry(
+            server="s", repo="https://forge.test/kua/api.git", branch="main", forge_repo="kua/api"
+        ),
+    }
+    assert list(apps_of_repo(entries, repo)) == ["by-name", "by-ssh"]
 
 
 # --- signatures ---------------------------------------------------------------------

@@ -196,6 +196,15 @@ async def test_oversized_malformed_and_headerless_deliveries(api):
     status, _, _ = await post(api, big)
     assert status == 413
 
+    async def chunks():  # no Content-Length: the limit applies while reading
+        for _ in range(6):
+            yield b" " * (1024 * 1024)
+
+    headers = dict(big.headers)
+    async with api.session.post(api.url("/webhook/forgejo"), data=chunks(), headers=headers) as r:
+        assert r.status == 413 and r.content_type == PROBLEM
+    assert await rejected_count(api, "too_large") == 2
+
     def signed(text: bytes, **drop) -> object:
         d = deliver("push", ForgeRepo().push(sha1()), SECRET)
         d.body = text

@@ -15,7 +15,8 @@ import msgspec
 
 from kuadeploy import events as ev
 from kuadeploy.commands import deploys as dep
-from kuadeploy.forge.match import branch_of, tracks_repo
+from kuadeploy.entry import AppEntry
+from kuadeploy.forge.match import apps_of_repo, branch_of
 from kuadeploy.forge.payload import OtherPayload, PushPayload, is_zero
 from kuadeploy.ledger import NewEvent
 from kuadeploy.projector import State
@@ -75,12 +76,15 @@ def apps_to_deploy(payload: PushPayload | OtherPayload, registry: Registry) -> l
     """Apps a delivery may request a deploy for, sorted (the order their locks are taken)."""
     if not isinstance(payload, PushPayload) or _push_skip(payload):
         return []
-    branch = branch_of(payload.ref)
-    return [
-        name
-        for name, entry in live_entries(registry).items()
-        if tracks_repo(entry, payload.repository) and entry.branch == branch
-    ]
+    return _on_branch(_apps_of(payload, registry), branch_of(payload.ref))
+
+
+def _apps_of(payload: PushPayload, registry: Registry) -> dict[str, AppEntry]:
+    return apps_of_repo(live_entries(registry), payload.repository)
+
+
+def _on_branch(apps: dict[str, AppEntry], branch: str | None) -> list[str]:
+    return [name for name, entry in apps.items() if entry.branch == branch]
 
 
 def decide_delivery(d: Delivery, state: State, new_id: Callable[[], str]) -> Decision:
@@ -89,9 +93,10 @@ def decide_delivery(d: Delivery, state: State, new_id: Callable[[], str]) -> Dec
     deploy_ids: list[str] = []
     requests: list[NewEvent] = []
     if isinstance(payload, PushPayload):
-        skips = _push_skips(payload, state.registry)
+        of_repo = {} if _push_skip(payload) else _apps_of(payload, state.registry)
+        skips = _push_skips(payload, of_repo)
         test = payload.before == payload.after  # the forge's "Test delivery" button
-        for app in apps_to_deploy(payload, state.registry):
+        for app in _on_branch(of_repo, branch_of(payload.ref)):
             requested = dep.decide_request(
                 app,
                 state.registry,
@@ -144,14 +149,13 @@ def _push_skip(p: PushPayload) -> str | None:
     return None
 
 
-def _push_skips(p: PushPayload, registry: Registry) -> list[ev.WebhookSkip]:
+def _push_skips(p: PushPayload, of_repo: dict[str, AppEntry]) -> list[ev.WebhookSkip]:
     """Ignored entries of a push before any deploy is decided: the whole push, or each
     app of this repository that tracks another branch."""
     why = _push_skip(p)
     if why is not None:
         return [ev.WebhookSkip(why)]
     branch = branch_of(p.ref)
-    of_repo = {n: e for n, e in live_entries(registry).items() if tracks_repo(e, p.repository)}
     if not of_repo:
         return [ev.WebhookSkip(f"repository {p.repository.full_name} is not tracked by any app")]
     return [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import urlsplit
 
@@ -12,6 +13,7 @@ _SCP = re.compile(r"^(?:[^@/]+@)?(?P<host>[^:/]+):(?P<path>.+)$")  # git@host:ow
 BRANCH_PREFIX = "refs/heads/"
 
 
+@functools.lru_cache(maxsize=4096)  # the same few URLs, for every delivery and app
 def repo_key(url: str) -> str:
     """One spelling per repository: host and path, lowercased, without scheme, user,
     port, trailing slash or `.git`. https://, ssh://, scp-style and local paths of the
@@ -28,12 +30,17 @@ def repo_key(url: str) -> str:
     return f"{host.lower()}/{path.lower()}"
 
 
-def tracks_repo(entry: AppEntry, repo: Repository) -> bool:
-    """`forge_repo` names the repository, or `repo` is one of its URLs."""
-    if entry.forge_repo and entry.forge_repo.casefold() == repo.full_name.casefold():
-        return True
+def apps_of_repo(entries: dict[str, AppEntry], repo: Repository) -> dict[str, AppEntry]:
+    """The entries that track `repo`: their `forge_repo` names it, or their `repo` is
+    one of its URLs."""
+    name = repo.full_name.casefold()
     urls = {repo_key(u) for u in (repo.clone_url, repo.ssh_url, repo.html_url) if u.strip()}
-    return repo_key(entry.repo) in urls
+    return {
+        app: entry
+        for app, entry in entries.items()
+        if (entry.forge_repo and entry.forge_repo.casefold() == name)
+        or repo_key(entry.repo) in urls
+    }
 
 
 def branch_of(ref: str) -> str | None:

@@ -25,10 +25,11 @@ class WebhookReceiver:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def receive(self, delivery: Delivery) -> tuple[Answer, bool]:
-        """(answer, whether it is the recorded answer to an earlier delivery)."""
-        earlier = await self._recorded(delivery.stream)
-        if earlier is not None:
-            return earlier, True
+        """(answer, whether it is the recorded answer to an earlier delivery).
+
+        A repeated UUID is found by the append itself: its record expects the stream
+        `webhook/<delivery>` not to exist, so the whole append fails and nothing of it
+        is written. That costs a decision, but spares every new delivery a read."""
         svc = self.service
         apps = apps_to_deploy(delivery.payload, svc.state.registry)
         async with contextlib.AsyncExitStack() as stack:

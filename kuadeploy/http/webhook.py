@@ -29,8 +29,9 @@ routes = web.RouteTableDef()
 
 MAX_BODY = 5 * 1024 * 1024
 JSON, FORM = "application/json", "application/x-www-form-urlencoded"
-# The delivery id names a ledger stream: a UUID in practice, never anything odd.
-DELIVERY_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,127}$")
+# Both go into the ledger unsigned (the forge signs the body only): keep them plain.
+DELIVERY_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,127}$")  # a UUID in practice
+EVENT = re.compile(r"^[a-z][a-z0-9_]{0,63}$")  # push, create, delete, pull_request, …
 UNVERIFIED = "the delivery is not signed with a configured webhook secret"
 
 
@@ -85,6 +86,9 @@ async def _body(request: web.Request) -> bytes:
         return await read_body(request, MAX_BODY)
     except ApiError as too_large:
         raise Rejected("too_large", too_large) from None
+    except web.HTTPRequestEntityTooLarge:  # a chunked body past the app's client_max_size
+        detail = f"request body over {MAX_BODY} bytes"
+        raise Rejected("too_large", ApiError(413, "Payload too large", detail)) from None
 
 
 def _delivery(request: web.Request, config: WebhookConfig, body: bytes) -> Delivery:
@@ -92,8 +96,9 @@ def _delivery(request: web.Request, config: WebhookConfig, body: bytes) -> Deliv
     signed = _signed_text(request.content_type, body)
     scope, claimed = _verify(request, config, signed)
     event = _header(request, "Event")
-    if not event:
-        raise Rejected("no_event", ApiError.bad_request("X-Forgejo-Event header missing"))
+    if not EVENT.match(event):
+        detail = "X-Forgejo-Event header missing or not an event name"
+        raise Rejected("no_event", ApiError.bad_request(detail))
     delivery_id = _header(request, "Delivery")
     if not DELIVERY_ID.match(delivery_id):
         detail = "X-Forgejo-Delivery header missing or not a delivery id"
