@@ -125,7 +125,7 @@ def decide_delivery(d: Delivery, state: State, new_id: Callable[[], str]) -> Dec
         signed_with=d.signed_with,
         repo=d.repo,
         ref=payload.ref,
-        before=payload.before if isinstance(payload, PushPayload) else None,
+        before=payload.before.lower() if isinstance(payload, PushPayload) else None,
         after=payload.after.lower() if isinstance(payload, PushPayload) else None,
         pusher=payload.who if isinstance(payload, PushPayload) else None,
         deploy_ids=deploy_ids,
