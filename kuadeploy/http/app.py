@@ -11,6 +11,7 @@ from kuadeploy.http import deploys as deploy_routes
 from kuadeploy.http import ledger as ledger_routes
 from kuadeploy.http import openapi as openapi_routes
 from kuadeploy.http import registry as registry_routes
+from kuadeploy.http import webhook as webhook_routes
 from kuadeploy.http.access import AccessLog
 from kuadeploy.http.common import PRINCIPAL, SERVICE, Handler, problem_response
 from kuadeploy.http.metrics import Metrics
@@ -104,6 +105,7 @@ def make_app(service: Service) -> web.Application:
     app.add_routes(registry_routes.routes)
     app.add_routes(deploy_routes.routes)
     app.add_routes(openapi_routes.routes)
+    webhook_routes.setup(app, service, metrics)
 
     async def on_shutdown(_app: web.Application) -> None:
         service.notifier.close()

@@ -46,6 +46,12 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.webhook_deliveries = Counter(
+            "kuadeploy_webhook_deliveries_total",
+            "Verified webhook deliveries by outcome (deployed, ignored, repeated)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.sink_failures = Counter(
             "kuadeploy_export_sink_failures_total",
             "Failed writes to the git export sink",

@@ -227,6 +227,7 @@ class RuntimeStatus(Exact):
 class Ignored(Open):
     reason: str
     app: str | UnsetType = UNSET
+    deploy_id: str | UnsetType = UNSET  # the deploy that already covers this SHA
 
 
 class WebhookAnswer(Open):
