@@ -29,6 +29,7 @@ from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequenc
 from hashlib import sha256
 
 from kuadeploy.audit.merkle import NodeId, TreeState, node_hash, tree_state_at
+from kuadeploy.ledger.schema import SchemaError
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,9 @@ def _backfill(conn: sqlite3.Connection, state: TreeState, size: int) -> TreeStat
         until = min(size, state.size + _REBUILD_CHUNK)
         state = advance(state, iter_bodies(conn, state.size, until), pending)
         if state.size != until:
-            raise RuntimeError(f"ledger has a gap before seq {until}: cannot build its tree")
+            raise SchemaError(
+                f"ledger has {state.size} events where seqs 1..{until} should be: a seq gap; "
+                "its Merkle tree cannot be built (see kuadeploy audit verify)"
+            )
         insert_nodes(conn, list(pending.items()))
     return state
