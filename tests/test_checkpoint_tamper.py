@@ -314,3 +314,20 @@ def test_checkpoints_table_keeps_only_what_the_ledger_contains_after_an_override
         (root,) = stored.execute("SELECT root FROM checkpoints WHERE size = ?", (size,)).fetchone()
         stored.close()
         assert root == scan_root(data_dir, size)
+
+
+def test_an_accepted_chain_break_does_not_excuse_a_new_one(signed):
+    data_dir, _, _ = signed
+    hash_changed(data_dir)  # breaks the links at 7 and 8
+
+    async def override_then_restart() -> None:
+        opened = await open_checked(config(data_dir), allow_rewind=True)
+        assert opened.overridden.event.data.chain_breaks == [7, 8]
+        await opened.ledger.close()
+        opened = await open_checked(config(data_dir))  # accepted: starts plainly
+        await opened.ledger.close()
+
+    asyncio.run(override_then_restart())
+    tamper(data_dir, ("UPDATE events SET hash = ? WHERE seq = 3", (bytes(32),)))
+    with pytest.raises(LedgerRewound, match="ledger chain broken at seq 3: hash mismatch"):
+        asyncio.run(open_checked(config(data_dir)))
