@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from collections.abc import Sequence
@@ -11,14 +12,20 @@ from pathlib import Path
 
 import msgspec
 
-from kuadeploy import __version__
+from kuadeploy import __version__, historyview
+from kuadeploy import events as ev
 from kuadeploy.audit import offline
+from kuadeploy.client import Client, ClientError
 from kuadeploy.config import Config, ConfigError, load_config
 from kuadeploy.export import AtError, export_at, resolve_at
+from kuadeploy.follow import follow
 from kuadeploy.ledger import GENESIS, SchemaError, reading
 from kuadeploy.ledger.store import utc_now
 from kuadeploy.ledger.verify import load_trusted, save_trusted, verify_ledger
 from kuadeploy.rebuild import rebuild_and_compare
+from kuadeploy.service import StartupError
+from kuadeploy.tokens import add_token
+from projections.history import Change, fold_history
 
 
 class CliError(Exception):
@@ -35,8 +42,6 @@ def _offline_config(args: argparse.Namespace) -> Config:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     config = _offline_config(args)
     start = GENESIS if args.full else load_trusted(config.data_dir)
-    with closing(reading.open_readonly(config.ledger_path)) as conn:
-        result = verify_ledger(conn, start)
     if bool(args.checkpoint) != bool(args.pubkey):
         raise CliError("--checkpoint and --pubkey go together")
     checkpoint = offline.read_checkpoint_file(args.checkpoint) if args.checkpoint else None
@@ -101,12 +106,92 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _client(args: argparse.Namespace) -> Client | None:
+    """A client of a running server when a URL is given (--url, else KUA_URL unless
+    --data-dir or --config ask for the offline command)."""
+    url = args.url
+    offline = getattr(args, "data_dir", None) or getattr(args, "config", None)
+    if url is None and not offline:
+        url = os.environ.get("KUA_URL")
+    if not url:
+        return None
+    return Client(url, args.token or os.environ.get("KUA_TOKEN"))
+
+
+def _print_json(doc: object) -> None:
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(doc), indent=2).decode() + "\n")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if client is not None:
+        _print_json(client.export(args.at))
+        return 0
     config = _offline_config(args)
     with closing(reading.open_readonly(config.ledger_path)) as conn:
         seq = resolve_at(conn, args.at, utc_now()) if args.at else reading.read_head(conn).seq
         doc = export_at(conn, seq)
-    sys.stdout.write(msgspec.json.format(msgspec.json.encode(doc), indent=2).decode() + "\n")
+    _print_json(doc)
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if client is not None:
+        doc = client.history(args.app)
+    else:
+        config = _offline_config(args)
+        changes: list[Change] = []
+        with closing(reading.open_readonly(config.ledger_path)) as conn:
+            for body in reading.iter_stream_bodies(conn, f"app/{args.app}"):
+                fold_history(changes, ev.decode(body))
+        if not changes:
+            raise CliError(f"app {args.app!r} has no history")
+        doc = {"app": args.app, "changes": msgspec.to_builtins(changes)}
+    if args.json:
+        _print_json(doc)
+    else:
+        sys.stdout.write(historyview.render(doc["changes"]))
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if client is None:
+        raise CliError("deploy needs a running server: pass --url (or set KUA_URL)")
+    body: dict = {"force": args.force}
+    if args.sha:
+        body["sha"] = args.sha
+    answer = client.deploy(args.app, body)
+    deploy_id = answer["deploy_id"]
+    if answer.get("noop"):
+        print(f"nothing to do: {answer['reason']} (deploy {deploy_id})")
+    else:
+        print(f"deploy {deploy_id} queued")
+    if not args.follow:
+        return 0
+    return follow(client, deploy_id)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from kuadeploy.serve import serve, setup_logging
+
+    config = load_config(args.config)
+    setup_logging()
+    try:
+        asyncio.run(serve(config))
+    except StartupError as exc:
+        print(f"kuadeploy: cannot start: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_token_add(args: argparse.Namespace) -> int:
+    config = _offline_config(args)
+    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+    token = add_token(config.data_dir, args.actor, args.role)
+    print(token)
+    print(f"token for {args.actor} ({args.role}) created; only its hash is stored", file=sys.stderr)
     return 0
 
 
@@ -118,6 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
     offline = argparse.ArgumentParser(add_help=False)
     offline.add_argument("--config", help="kuadeploy.toml (default: $KUA_CONFIG)")
     offline.add_argument("--data-dir", help="data directory (overrides the config)")
+
+    serve = sub.add_parser("serve", help="run the service")
+    serve.add_argument("--config", help="kuadeploy.toml (default: $KUA_CONFIG)")
+    serve.set_defaults(func=cmd_serve)
+
+    token = sub.add_parser("token", help="API tokens").add_subparsers(dest="token", required=True)
+    token_add = token.add_parser("add", parents=[offline], help="create a token, print it once")
+    token_add.add_argument("actor")
+    token_add.add_argument("--role", required=True, choices=["reader", "deployer", "admin"])
+    token_add.set_defaults(func=cmd_token_add)
 
     audit = sub.add_parser("audit", help="ledger audit").add_subparsers(dest="audit", required=True)
     verify = audit.add_parser("verify", parents=[offline], help="verify the hash chain")
@@ -138,9 +233,27 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild = sub.add_parser("rebuild", parents=[offline], help="refold and compare projections")
     rebuild.set_defaults(func=cmd_rebuild)
 
-    export = sub.add_parser("export", parents=[offline], help="the registry as JSON")
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8080 ($KUA_URL)")
+    client.add_argument("--token", help="bearer token for --url (default: $KUA_TOKEN)")
+
+    export = sub.add_parser("export", parents=[offline, client], help="the registry as JSON")
     export.add_argument("--at", help="a seq or an RFC 3339 time (default: the head)")
     export.set_defaults(func=cmd_export)
+
+    deploy = sub.add_parser("deploy", parents=[client], help="deploy an app (the release command)")
+    deploy.add_argument("app")
+    deploy.add_argument("--sha", help="the commit to deploy (default: the branch head)")
+    deploy.add_argument("--force", action="store_true", help="even if already deployed")
+    deploy.add_argument(
+        "--follow", action="store_true", help="watch it live; exit 0 only on a verified success"
+    )
+    deploy.set_defaults(func=cmd_deploy)
+
+    history = sub.add_parser("history", parents=[offline, client], help="every change of an app")
+    history.add_argument("app")
+    history.add_argument("--json", action="store_true", help="print the raw JSON")
+    history.set_defaults(func=cmd_history)
     return parser
 
 
@@ -148,6 +261,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CliError, ConfigError, SchemaError, AtError, offline.CheckpointFileError) as exc:
+    except (
+        CliError,
+        ClientError,
+        ConfigError,
+        SchemaError,
+        AtError,
+        offline.CheckpointFileError,
+    ) as exc:
         print(f"kuadeploy: {exc}", file=sys.stderr)
         return 2

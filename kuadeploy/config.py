@@ -16,7 +16,6 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
-    tls_verify: bool = True
 
 
 class TokenConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -45,11 +44,37 @@ class ExportConfig(msgspec.Struct, forbid_unknown_fields=True):
     git: GitSinkConfig | None = None
 
 
+class GitCredentials(msgspec.Struct, forbid_unknown_fields=True):
+    """For repos whose URL starts with the key under [git.credentials]."""
+
+    token: str | None = None
+    username: str | None = None
+    ssh_key: str | None = None
+    ssh_pubkey: str | None = None
+    ssh_passphrase: str | None = None
+
+
+class GitConfig(msgspec.Struct, forbid_unknown_fields=True):
+    credentials: dict[str, GitCredentials] = {}
+
+
+class DeployConfig(msgspec.Struct, forbid_unknown_fields=True):
+    fetch_timeout_s: float = 300.0
+    build_timeout_s: float = 1800.0
+    migrate_timeout_s: float = 900.0
+    recreate_timeout_s: float = 120.0
+    # verify has its own timeout_s + stable_s per app; this bounds everything else
+    verify_grace_s: float = 30.0
+    gate_expiry_s: float = 24 * 3600.0
+    health_poll_s: float = 0.25
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     data_dir: str = "data"
     listen: str = "127.0.0.1:8080"
     legacy_registry: str | None = None
     snapshot_every: int = 4096
+    sse_heartbeat_s: float = 15.0
     # Signed checkpoints (kuadeploy/audit): at most one every interval under load.
     checkpoint_interval_s: float = 1.0
     checkpoint_mirror: str | None = None  # default DATA_DIR/checkpoints/latest
@@ -60,6 +85,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     secrets: SecretsConfig = msgspec.field(default_factory=SecretsConfig)
     webhook: WebhookConfig = msgspec.field(default_factory=WebhookConfig)
     export: ExportConfig = msgspec.field(default_factory=ExportConfig)
+    git: GitConfig = msgspec.field(default_factory=GitConfig)
+    deploy: DeployConfig = msgspec.field(default_factory=DeployConfig)
 
     @property
     def ledger_path(self) -> str:

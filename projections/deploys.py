@@ -109,6 +109,8 @@ def _step_ended(view: DeployView, ev: Envelope, data: StepSucceeded | StepFailed
     step.status = "succeeded" if isinstance(data, StepSucceeded) else "failed"
     step.finished = ev.ts
     step.detail = dict(data.detail)
+    if data.step == "fetch" and isinstance(data.detail.get("sha"), str):
+        view.sha = data.detail["sha"]  # the branch head, resolved
     if isinstance(data, StepFailed):
         step.detail["error"] = data.error
 

@@ -92,3 +92,23 @@ def iter_snapshots(
     cur = conn.execute(sql + " ORDER BY s.seq DESC", args)
     while row := cur.fetchone():
         yield row
+
+
+def iter_events_of(
+    conn: sqlite3.Connection, after: int, until: int, types: Sequence[str]
+) -> Iterator[tuple[int, bytes, bytes]]:
+    """(seq, body, hash) of events of `types` with after < seq <= until, in seq order."""
+    sql = (
+        "SELECT seq, body, hash FROM events WHERE seq > ? AND seq <= ? "
+        f"AND type IN ({','.join('?' * len(types))}) ORDER BY seq"
+    )
+    cur = conn.execute(sql, [after, until, *types])
+    while rows := cur.fetchmany(_FETCH):
+        yield from rows
+
+
+def iter_stream_bodies(conn: sqlite3.Connection, stream: str) -> Iterator[bytes]:
+    cur = conn.execute("SELECT body FROM events WHERE stream = ? ORDER BY version", (stream,))
+    while rows := cur.fetchmany(_FETCH):
+        for (body,) in rows:
+            yield body

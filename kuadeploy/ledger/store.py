@@ -305,31 +305,42 @@ class Ledger:
                 if stopping or rows >= _MAX_BATCH_ROWS or self._queue.empty():
                     break
                 item = self._queue.get_nowait()
-            if batch:
-                try:
-                    await self._commit(batch)
-                except BaseException as exc:  # keep the writer alive for the next batch
-                    log.exception("ledger write failed")
-                    for req in batch:
-                        if not req.future.done():
-                            req.future.set_exception(exc)
-                    self._reload()
-            if len(self._pending_nodes) >= _NODE_FLUSH_ROWS or stopping:
-                await self._flush_nodes()
-            for snap in snapshots:
-                try:
-                    await self._run(_insert_snapshot, snap)
-                except Exception:  # a snapshot is a cache: losing one costs only time
-                    log.exception("ledger snapshot at seq %d failed", snap.seq)
-            for job in jobs:
-                try:
-                    result = await self._run(job.fn, *job.args)
-                except Exception as exc:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
-                else:
-                    if not job.future.done():
-                        job.future.set_result(result)
+            try:
+                await self._write(batch, snapshots, jobs, stopping)
+            except BaseException:  # cancelled: nobody may wait forever
+                for waiter in [*batch, *jobs]:
+                    if not waiter.future.done():
+                        waiter.future.set_exception(LedgerClosed("ledger writer stopped"))
+                raise
+
+    async def _write(
+        self, batch: list[_Request], snapshots: list[_Snapshot], jobs: list[_Job], stopping: bool
+    ) -> None:
+        if batch:
+            try:
+                await self._commit(batch)
+            except Exception as exc:  # keep the writer alive for the next batch
+                log.exception("ledger write failed")
+                for req in batch:
+                    if not req.future.done():
+                        req.future.set_exception(exc)
+                self._reload()
+        if len(self._pending_nodes) >= _NODE_FLUSH_ROWS or stopping:
+            await self._flush_nodes()
+        for snap in snapshots:
+            try:
+                await self._run(_insert_snapshot, snap)
+            except Exception:  # a snapshot is a cache: losing one costs only time
+                log.exception("ledger snapshot at seq %d failed", snap.seq)
+        for job in jobs:
+            try:
+                result = await self._run(job.fn, *job.args)
+            except Exception as exc:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            else:
+                if not job.future.done():
+                    job.future.set_result(result)
 
     async def _flush_nodes(self) -> None:
         """Write the pending Merkle nodes. A failure keeps them pending (proofs
@@ -486,10 +497,13 @@ class Ledger:
                 yield StoredEvent(s, b, h)
             after = rows[-1][0]
 
-    async def read_stream(self, stream: str, after_version: int = 0) -> list[StoredEvent]:
+    async def read_stream(
+        self, stream: str, after_version: int = 0, after_seq: int = 0
+    ) -> list[StoredEvent]:
         cur = await self._reader.execute(
-            "SELECT seq, body, hash FROM events WHERE stream = ? AND version > ? ORDER BY version",
-            (stream, after_version),
+            "SELECT seq, body, hash FROM events WHERE stream = ? AND version > ? AND seq > ? "
+            "ORDER BY version",
+            (stream, after_version, after_seq),
         )
         return [StoredEvent(s, b, h) for s, b, h in await cur.fetchall()]
 

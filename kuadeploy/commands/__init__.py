@@ -1,0 +1,1 @@
+"""Commands: one per thing a user can ask for. Each decides purely, then appends."""

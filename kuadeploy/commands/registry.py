@@ -1,0 +1,166 @@
+"""Registry commands: PUT (create/replace), PATCH (RFC 7396), DELETE, each with dry runs.
+
+`decide_*` are pure: the current state and the request in, the events to append
+and the answer out. `execute` is the shell: it decides against the live
+projection and appends with the version it decided on as the expected stream
+version, so check-then-append is atomic; a concurrent writer makes the append
+fail, and then the decision is made again (or 412 when the client sent If-Match).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from kuadeploy import events as ev
+from kuadeploy.entry import entry_to_builtins
+from kuadeploy.errors import ApiError
+from kuadeploy.jsondoc import diff, merge_patch
+from kuadeploy.ledger import ConflictError, Ledger, NewEvent
+from kuadeploy.validation import check_app_name, validate_entry
+from projections.registry import AppState, Registry
+
+
+class Preconditions(msgspec.Struct, frozen=True):
+    if_match: str | None = None
+    if_none_match: str | None = None
+
+
+class Decision(msgspec.Struct):
+    app: str
+    change: str  # created | replaced | patched | removed | unchanged
+    before: dict | None
+    after: dict | None
+    version: int  # the stream version the decision was made against
+    events: list[ev.EventData] = []
+
+
+class Outcome(msgspec.Struct):
+    decision: Decision
+    version: int
+    seq: int | None = None
+
+    def body(self) -> dict[str, Any]:
+        d = self.decision
+        out: dict[str, Any] = {"app": d.app, "version": self.version}
+        if d.change == "removed":
+            out["removed"] = True
+        else:
+            out["entry"] = d.after
+        if d.change == "unchanged":
+            out["unchanged"] = True
+            out["detail"] = "the entry already has exactly this content; nothing was written"
+        if self.seq is not None:
+            out["seq"] = self.seq
+        return out
+
+    def dry_run_body(self) -> dict[str, Any]:
+        d = self.decision
+        return {
+            "dry_run": True,
+            "before": d.before,
+            "after": d.after,
+            "diff": diff(d.before, d.after),
+        }
+
+
+def decide_put(
+    app: str, current: AppState | None, body: Any, servers: set[str], pre: Preconditions
+) -> Decision:
+    before = _check_target(app, current, pre)
+    entry, problems = validate_entry(body, servers)
+    if problems:
+        raise ApiError.invalid(problems)
+    assert entry is not None
+    after = entry_to_builtins(entry)
+    version = current.version if current else 0
+    if before == after:
+        return Decision(app, "unchanged", before, after, version)
+    if before is None:
+        return Decision(app, "created", None, after, version, [ev.AppRegistered(app, entry)])
+    return Decision(app, "replaced", before, after, version, [ev.AppReplaced(app, entry)])
+
+
+def decide_patch(
+    app: str, current: AppState | None, patch: Any, servers: set[str], pre: Preconditions
+) -> Decision:
+    before = _check_target(app, current, pre)
+    if before is None or current is None:
+        raise ApiError.not_found(f"app {app!r} is not registered")
+    if not isinstance(patch, dict):
+        raise ApiError.invalid_one("$", "a merge patch for an entry must be a JSON object")
+    entry, problems = validate_entry(merge_patch(before, patch), servers)
+    if problems:
+        raise ApiError.invalid(problems)
+    assert entry is not None
+    after = entry_to_builtins(entry)
+    if before == after:
+        return Decision(app, "unchanged", before, after, current.version)
+    return Decision(
+        app, "patched", before, after, current.version, [ev.AppPatched(app, entry, patch)]
+    )
+
+
+def decide_delete(app: str, current: AppState | None, pre: Preconditions) -> Decision:
+    before = _check_target(app, current, pre)
+    if before is None or current is None:
+        raise ApiError.not_found(f"app {app!r} is not registered")
+    return Decision(app, "removed", before, None, current.version, [ev.AppRemoved(app)])
+
+
+def _check_target(app: str, current: AppState | None, pre: Preconditions) -> dict | None:
+    if problems := check_app_name(app):
+        raise ApiError.invalid(problems)
+    exists = current is not None and current.entry is not None
+    if pre.if_none_match is not None and pre.if_none_match.strip() == "*" and exists:
+        raise ApiError.precondition(f"app {app!r} already exists (If-None-Match: *)")
+    if pre.if_match is not None:
+        version = current.version if current and exists else None
+        if not etag_matches(pre.if_match, version):
+            have = f'"{version}"' if version is not None else "no entry"
+            raise ApiError.precondition(f"If-Match {pre.if_match} does not match ({have})")
+    return entry_to_builtins(current.entry) if current and current.entry else None
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def etag_matches(header: str, version: int | None) -> bool:
+    """RFC 9110 §13.1.1: `*` matches any current entry, else one of the listed tags."""
+    if version is None:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return any(t == "*" or t.strip('"') == str(version) for t in tags)
+
+
+async def execute(
+    ledger: Ledger,
+    registry: Registry,
+    app: str,
+    decide: Callable[[AppState | None], Decision],
+    *,
+    actor: str,
+    dry_run: bool,
+    strict: bool,
+) -> Outcome:
+    """Decide against the live registry and append atomically. `strict`: the client
+    sent If-Match, so a concurrent change is its 412, not a retry."""
+    for _ in range(50):
+        decision = decide(registry.apps.get(app))
+        if dry_run or not decision.events:
+            return Outcome(decision, decision.version)
+        items = [NewEvent(f"app/{app}", e, decision.version) for e in decision.events]
+        try:
+            stored = await ledger.append(items, actor=actor)
+        except ConflictError as exc:
+            if strict:
+                raise ApiError.precondition(
+                    f"app {app!r} changed concurrently (now version {exc.actual})"
+                ) from exc
+            continue
+        last = stored[-1]
+        return Outcome(decision, last.event.version, last.seq)
+    raise ApiError(503, "Busy", f"app {app!r} keeps changing concurrently; try again")

@@ -1,0 +1,1 @@
+"""The HTTP API (DESIGN §4): thin handlers that parse, call one service method, render."""

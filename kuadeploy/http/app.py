@@ -1,0 +1,111 @@
+"""The aiohttp application: middlewares for logging, metrics, problems and auth."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+
+from kuadeploy.errors import ApiError
+from kuadeploy.http import deploys as deploy_routes
+from kuadeploy.http import ledger as ledger_routes
+from kuadeploy.http import registry as registry_routes
+from kuadeploy.http.common import PRINCIPAL, SERVICE, Handler, problem_response
+from kuadeploy.http.metrics import Metrics
+from kuadeploy.service import Service
+
+access_log = logging.getLogger("kuadeploy.access")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+# The largest body any route takes (webhooks); each route checks its own limit.
+CLIENT_MAX_SIZE = 5 * 1024 * 1024 + 1
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One JSON log line and metrics per request; never a token or a secret."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        metrics = request.app[METRICS]
+        metrics.requests.labels(name, request.method, str(status)).inc()
+        metrics.latency.labels(name).observe(elapsed)
+        who = request.get(PRINCIPAL)
+        line = {
+            "method": request.method,
+            "path": request.path,
+            "status": status,
+            "ms": round(elapsed * 1000, 2),
+            "actor": who.actor if who else None,
+        }
+        access_log.info(line)
+
+
+@web.middleware
+async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as application/problem+json (RFC 9457)."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return problem_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        return problem_response(ApiError(exc.status, exc.reason, detail), keep)
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    role = getattr(request.match_info.handler, "kua_role", None)
+    if role is None:
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    who = request.app[SERVICE].tokens.authenticate(token.strip()) if scheme == "Bearer" else None
+    if who is None:
+        raise ApiError(401, "Unauthorized", "a valid bearer token is required")
+    request[PRINCIPAL] = who
+    if not who.can(role):
+        raise ApiError(403, "Forbidden", f"{who.actor} is {who.role}; this needs {role}")
+    return await handler(request)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    metrics, svc = request.app[METRICS], request.app[SERVICE]
+    metrics.head_seq.set(svc.ledger.head.seq)
+    metrics.count_sink_failures(svc.sink_failures())
+    if svc.last_verify is not None:
+        metrics.verify_ok.set(1 if svc.last_verify.ok else 0)
+    return web.Response(body=metrics.render(), headers={"Content-Type": metrics.content_type})
+
+
+def make_app(service: Service) -> web.Application:
+    app = web.Application(
+        middlewares=[observe, problems, authenticate], client_max_size=CLIENT_MAX_SIZE
+    )
+    app[SERVICE] = service
+    metrics = Metrics()
+    app[METRICS] = metrics
+    service.ledger.subscribe(lambda batch: metrics.observe_batch(len(batch)))
+    app.router.add_get("/metrics", metrics_handler)
+    app.add_routes(ledger_routes.routes)
+    app.add_routes(registry_routes.routes)
+    app.add_routes(deploy_routes.routes)
+
+    async def on_shutdown(_app: web.Application) -> None:
+        service.notifier.close()
+
+    app.on_shutdown.append(on_shutdown)
+    return app

@@ -1,0 +1,97 @@
+"""Shared pieces of the HTTP layer: JSON in and out, roles, problem responses."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from kuadeploy.errors import ApiError
+from kuadeploy.service import Service
+from kuadeploy.tokens import Principal
+
+SERVICE: web.AppKey[Service] = web.AppKey("service", Service)
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_BODY = 1024 * 1024
+_encoder = msgspec.json.Encoder()
+
+
+def requires(role: str) -> Callable[[Handler], Handler]:
+    """Mark a handler with the least role that may call it (checked by the auth middleware)."""
+
+    def mark(handler: Handler) -> Handler:
+        handler.kua_role = role  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+def service(request: web.Request) -> Service:
+    return request.app[SERVICE]
+
+
+def principal(request: web.Request) -> Principal:
+    return request[PRINCIPAL]
+
+
+def json_response(
+    obj: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=_encoder.encode(obj), status=status, content_type="application/json", headers=headers
+    )
+
+
+def problem_response(error: ApiError, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=_encoder.encode(error.problem()),
+        status=error.status,
+        content_type="application/problem+json",
+        headers=headers,
+    )
+
+
+async def read_body(request: web.Request, limit: int = MAX_BODY) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "Payload too large", f"request body over {limit} bytes")
+    body = await request.read()
+    if len(body) > limit:
+        raise ApiError(413, "Payload too large", f"request body over {limit} bytes")
+    return body
+
+
+async def read_json(
+    request: web.Request,
+    types: tuple[str, ...] = ("application/json",),
+    limit: int = MAX_BODY,
+) -> Any:
+    """The request's JSON document: 415 for another media type, 413 when too large,
+    400 when it is not JSON at all."""
+    ctype = request.content_type
+    if ctype not in types and not (ctype.startswith("application/") and ctype.endswith("+json")):
+        raise ApiError(415, "Unsupported media type", f"send {' or '.join(types)}, not {ctype!r}")
+    body = await read_body(request, limit)
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ApiError.bad_request(f"malformed JSON: {exc}") from exc
+
+
+def flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "").lower() in ("1", "true", "yes")
+
+
+def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError.bad_request(f"{name} must be an integer") from None
+    if not lo <= value <= hi:
+        raise ApiError.bad_request(f"{name} must be between {lo} and {hi}")
+    return value

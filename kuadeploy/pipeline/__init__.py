@@ -1,0 +1,1 @@
+"""The deploy pipeline: fetch → migration gate → build → migrate → recreate → verify → roll back."""

@@ -1,0 +1,459 @@
+"""One deploy, step by step, every step an event in `deploy/<id>`.
+
+Before the switch (fetch, migration gate, build, migrate) a failure ends the
+deploy with the old container untouched. From the switch on (recreate, verify) a
+failure or a cancel restores the last verified release from its recorded image —
+never a rebuild — and verifies it. Success is appended only after verify passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import shutil
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from kuadeploy import events as ev
+from kuadeploy.adapters import git
+from kuadeploy.adapters.docker import BuildFailed, EngineError
+from kuadeploy.adapters.docker_specs import BUILD_ARG_SHA, LABEL_APP, release_labels
+from kuadeploy.config import Config, GitCredentials
+from kuadeploy.entry import AppEntry
+from kuadeploy.ledger import Ledger, NewEvent
+from kuadeploy.notify import Notifier
+from kuadeploy.pipeline.engines import EnginePool
+from kuadeploy.pipeline.globs import matching
+from kuadeploy.pipeline.secrets import SecretError, resolve_env
+from kuadeploy.pipeline.verify import VerifyFailed, verify_release
+from kuadeploy.projector import State
+from projections.deploys import DeployView
+from projections.runtime import Release, newest_first
+
+log = logging.getLogger(__name__)
+ACTOR = "system"
+_EXPECTED = (EngineError, git.GitError, SecretError, VerifyFailed, OSError, ValueError)
+
+
+class StepError(Exception):
+    def __init__(self, step: str, error: str):
+        super().__init__(error)
+        self.step = step
+
+
+class GateExpired(Exception):
+    pass
+
+
+class Context:
+    """What every deploy run shares: the ledger, live state, engines, settings."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        state: Callable[[], State],
+        config: Config,
+        engines: EnginePool,
+        notifier: Notifier,
+    ):
+        self.ledger = ledger
+        self.state = state
+        self.config = config
+        self.engines = engines
+        self.notifier = notifier
+        self.data_dir = Path(config.data_dir)
+
+
+class DeployRun:
+    def __init__(self, ctx: Context, view: DeployView):
+        self.ctx = ctx
+        self.id = view.id
+        self.app = view.app
+        self.request = view
+        self.stream = f"deploy/{view.id}"
+        self.stop_reason: str | None = None  # set by the runner before it cancels us
+        self.switched = False
+        self.step_name: str | None = None
+        self.env: dict[str, str] | None = None
+        self.work = ctx.data_dir / "work" / view.id
+        state = ctx.state()
+        runtime = state.runtime.apps.get(view.app)
+        self.previous: Release | None = runtime.current if runtime else None
+        current = state.registry.apps.get(view.app)
+        self.entry: AppEntry | None = current.entry if current else None
+
+    # --- the whole run ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # we own this cancellation: finish the bookkeeping
+            await self._stopped()
+        except StepError:
+            pass  # recorded
+        except Exception as exc:  # a bug: still never leave a deploy "running"
+            log.exception("deploy %s crashed", self.id)
+            await self.emit(ev.DeployFailed(self.app, f"internal error: {exc!r}", self.step_name))
+        finally:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    async def _run(self) -> None:
+        if self.entry is None:
+            await self.emit(ev.DeployFailed(self.app, "the app is no longer registered"))
+            return
+        entry = self.entry
+        await self.emit(ev.DeployStarted(self.app, self.request.sha))
+        if self.request.image_id is not None:  # a rollback request: a retained image
+            sha, image_id = self.request.sha or "", self.request.image_id
+        else:
+            sha = await self._before_switch(self.step("fetch", self.fetch, self._t("fetch")))
+            if sha is None:
+                return
+            if not self.request.force and self.previous and self.previous.sha == sha:
+                reason = f"{sha} is already the verified release; nothing to do"
+                await self.emit(ev.DeployCancelled(self.app, reason))
+                return
+            touched = await self._before_switch(self.gate(sha))
+            if touched is None:
+                return
+            image_id = await self._before_switch(
+                self.step("build", lambda: self.build(sha), self._t("build"))
+            )
+            if image_id is None:
+                return
+            m = entry.migrations
+            if m.command and (touched or not m.paths):
+                done = await self._before_switch(
+                    self.step("migrate", lambda: self.migrate(image_id, sha), self._t("migrate"))
+                )
+                if done is None:
+                    return
+        self.switched = True
+        try:
+            await self.step("recreate", lambda: self.recreate(sha, image_id), self._t("recreate"))
+            result = await self.step(
+                "verify", lambda: self.verify(sha, image_id), self._verify_timeout()
+            )
+        except StepError as failure:
+            await self.rollback(f"{failure.step} failed: {failure}")
+            return
+        await self.emit(ev.DeploySucceeded(self.app, sha, image_id, result.get("container_id")))
+        await self.prune()
+
+    async def _before_switch(self, step: Awaitable[Any]) -> Any:
+        """Run a step that touches nothing running; a failure ends the deploy."""
+        try:
+            return await step
+        except StepError as failure:
+            await self.emit(ev.DeployFailed(self.app, str(failure), failure.step))  # type: ignore[arg-type]
+            return None
+        except GateExpired as expired:
+            await self.emit(ev.DeployCancelled(self.app, str(expired)))
+            return None
+
+    async def _stopped(self) -> None:
+        reason = self.stop_reason or "cancelled"
+        if reason == "shutdown":
+            # Stopping must be quick: no rollback now. Like a crash, the restart shows
+            # the interruption, and runtime-status the drift if the switch had begun.
+            detail = f"kuadeploy stopped during {self.step_name or 'start'}"
+            await self.emit(ev.DeployInterrupted(self.app, detail))
+            return
+        if self.switched:
+            await self.rollback(f"{reason} during {self.step_name}")
+        await self.emit(ev.DeployCancelled(self.app, f"{reason} during {self.step_name}"))
+
+    # --- steps --------------------------------------------------------------------------
+
+    async def step(self, name: str, body: Callable[[], Awaitable[Any]], timeout: float) -> Any:
+        """StepStarted, the body under a timeout, StepSucceeded or StepFailed. The body
+        returns (value, detail) or just a detail dict."""
+        self.step_name = name
+        await self.emit(ev.StepStarted(self.app, name))  # type: ignore[arg-type]
+        detail: dict[str, Any] = {}
+        try:
+            async with asyncio.timeout(timeout):
+                out = await body()
+        except asyncio.CancelledError:
+            reason = self.stop_reason or "cancelled"
+            await self.emit(ev.StepFailed(self.app, name, reason))  # type: ignore[arg-type]
+            raise
+        except GateExpired as exc:
+            await self.emit(ev.StepFailed(self.app, name, str(exc)))  # type: ignore[arg-type]
+            raise
+        except TimeoutError:
+            error = f"{name} timed out after {timeout:g}s"
+        except BuildFailed as exc:
+            error, detail = str(exc), getattr(exc, "detail", {})
+        except _EXPECTED as exc:
+            error = str(exc) or repr(exc)
+        else:
+            value, detail = out if isinstance(out, tuple) else (out, out)
+            await self.emit(ev.StepSucceeded(self.app, name, detail or {}))  # type: ignore[arg-type]
+            return value
+        await self.emit(ev.StepFailed(self.app, name, error, detail))  # type: ignore[arg-type]
+        raise StepError(name, error)
+
+    async def fetch(self) -> tuple[str, dict]:
+        assert self.entry is not None
+        entry, req = self.entry, self.request
+        branch = req.ref or entry.branch
+        if branch != entry.branch and not req.force:
+            raise ValueError(f"ref {branch!r} is not the app's branch {entry.branch!r} (use force)")
+        mirror_dir = self.ctx.data_dir / "repos" / self.app
+        creds = _credentials(entry.repo, self.ctx.config.git.credentials)
+        sha = await asyncio.to_thread(
+            _fetch_and_export, entry.repo, mirror_dir, branch, req.sha, req.force, creds, self.work
+        )
+        self.env = await resolve_env(entry.container, self.ctx.config.secrets)
+        return sha, {"sha": sha, "branch": branch}
+
+    async def gate(self, sha: str) -> list[str]:
+        """Hold when the change since the last verified release touches migrations."""
+        assert self.entry is not None
+        migrations = self.entry.migrations
+        if not migrations.paths:
+            return []
+        expiry = self.ctx.config.deploy.gate_expiry_s
+
+        async def hold() -> tuple[list[str], dict]:
+            old = self.previous.sha if self.previous else None
+            mirror = self.ctx.data_dir / "repos" / self.app
+            changed = await asyncio.to_thread(_changed_paths, mirror, old, sha)
+            touched = matching(changed, migrations.paths)
+            detail: dict[str, Any] = {"touched": touched[:50], "since": old}
+            if not touched or migrations.approval == "auto":
+                return touched, {**detail, "approval": "auto" if touched else "not needed"}
+            expires = datetime.now(UTC) + timedelta(seconds=expiry)
+            stamp = expires.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            await self.emit(ev.MigrationGateHeld(self.app, touched[:50], stamp))
+            deadline = time.monotonic() + expiry
+            while (view := self._view()) is not None and view.status == "awaiting_approval":
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise GateExpired(f"migration gate expired after {expiry:g}s without approval")
+                await self.ctx.notifier.wait(remaining)
+            approved_by = view.gate.get("approved_by") if view and view.gate else None
+            return touched, {**detail, "approval": "required", "approved_by": approved_by}
+
+        # the gate's own expiry bounds the wait; the step timeout only guards the rest
+        return await self.step("migration_gate", hold, expiry + 60)
+
+    async def build(self, sha: str) -> tuple[str, dict]:
+        assert self.entry is not None
+        entry = self.entry
+        logs = self.ctx.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log_path = logs / f"{self.id}-build.log"
+        digest, tail = hashlib.sha256(), deque(maxlen=20)
+
+        with open(log_path, "w") as out:
+
+            def on_log(line: str) -> None:
+                out.write(line + "\n")
+                digest.update((line + "\n").encode())
+                tail.append(line)
+
+            context = self.work / "src" / entry.context
+            try:
+                image_id = await self.engine().build(
+                    context,
+                    tag=f"kua-{self.app}:{sha}",
+                    dockerfile=entry.dockerfile,
+                    build_args={BUILD_ARG_SHA: sha},
+                    labels=release_labels(self.app, sha, self.id),
+                    on_log=on_log,
+                )
+            except BuildFailed as exc:
+                out.flush()
+                exc.detail = {  # type: ignore[attr-defined]
+                    "log": str(log_path),
+                    "log_sha256": digest.hexdigest(),
+                    "tail": list(tail),
+                }
+                raise
+        detail = {
+            "image_id": image_id,
+            "log": str(log_path),
+            "log_sha256": digest.hexdigest(),
+            "tail": list(tail)[-5:],
+        }
+        return image_id, detail
+
+    async def migrate(self, image_id: str, sha: str) -> dict:
+        assert self.entry is not None and self.entry.migrations.command
+        command = self.entry.migrations.command
+        result = await self.engine().run_once(
+            image_id,
+            command,
+            self.entry.container,
+            labels=release_labels(self.app, sha, self.id),
+            sha=sha,
+            resolved_env=self.env or {},
+            timeout_s=self._t("migrate"),
+        )
+        tail = result.output.splitlines()[-10:]
+        if result.exit_code != 0:
+            raise ValueError(f"migration {command} exited with {result.exit_code}: {tail[-3:]}")
+        return {"command": command, "exit_code": 0, "tail": tail}
+
+    async def recreate(self, sha: str, image_id: str) -> dict:
+        container_id = await self._replace_container(sha, image_id, self.id)
+        detail: dict[str, Any] = {"container_id": container_id, "image_id": image_id}
+        if self.previous is not None:
+            detail["previous"] = {"sha": self.previous.sha, "image_id": self.previous.image_id}
+        return detail
+
+    async def verify(self, sha: str, image_id: str) -> dict:
+        assert self.entry is not None
+        return await verify_release(
+            self.engine(),
+            self.container_name(),
+            sha,
+            image_id,
+            self.entry.verify,
+            self.ctx.config.deploy.health_poll_s,
+        )
+
+    async def rollback(self, why: str) -> None:
+        prev = self.previous
+        await self.emit(
+            ev.RollbackStarted(
+                self.app, prev.sha if prev else None, prev.image_id if prev else None
+            )
+        )
+
+        async def restore() -> dict:
+            if prev is None:
+                await self.engine().remove_container(self.container_name(), force=True)
+                return {"left_stopped": True}
+            await self._replace_container(prev.sha, prev.image_id, prev.deploy)
+            return await self.verify(prev.sha, prev.image_id)
+
+        try:
+            await self.step("rollback", restore, self._verify_timeout() + self._t("recreate"))
+        except StepError as failure:
+            await self.emit(
+                ev.RolledBack(
+                    self.app,
+                    prev.sha if prev else None,
+                    prev.image_id if prev else None,
+                    verified=False,
+                    detail=f"{why}; rollback failed: {failure}",
+                )
+            )
+            return
+        if prev is None:
+            detail = f"{why}; no earlier release: the app is left stopped"
+            await self.emit(ev.RolledBack(self.app, None, None, verified=False, detail=detail))
+        else:
+            detail = f"{why}; back on the verified release {prev.sha[:12]}"
+            await self.emit(ev.RolledBack(self.app, prev.sha, prev.image_id, True, detail))
+
+    async def prune(self) -> None:
+        """Keep the images of the newest `keep_releases` releases; remove older ones."""
+        assert self.entry is not None
+        runtime = self.ctx.state().runtime.apps.get(self.app)
+        if runtime is None:
+            return
+        keep = {r.image_id for r in newest_first(runtime)[: self.entry.keep_releases]}
+        try:
+            images = await self.engine().list_images({LABEL_APP: self.app})
+            for image in images:
+                if image.id not in keep:
+                    await self.engine().remove_image(image.id, force=False)
+        except EngineError as exc:  # pruning is housekeeping: never fails a deploy
+            log.warning("pruning images of %s: %s", self.app, exc)
+
+    # --- helpers ------------------------------------------------------------------------
+
+    async def _replace_container(self, sha: str, image_id: str, deploy_id: str) -> str:
+        assert self.entry is not None
+        engine, name = self.engine(), self.container_name()
+        if self.env is None:
+            self.env = await resolve_env(self.entry.container, self.ctx.config.secrets)
+        await engine.stop_container(name, timeout_s=10)
+        await engine.remove_container(name, force=True)
+        return await engine.start_container(
+            name,
+            self.entry.container,
+            image=image_id,
+            labels=release_labels(self.app, sha, deploy_id),
+            sha=sha,
+            resolved_env=self.env,
+        )
+
+    async def emit(self, data: ev.EventData) -> None:
+        # Shielded: a cancel arriving mid-append must not leave the event half-decided.
+        await asyncio.shield(self.ctx.ledger.append([NewEvent(self.stream, data)], actor=ACTOR))
+
+    def engine(self):
+        assert self.entry is not None
+        return self.ctx.engines.get(self.entry.server)
+
+    def container_name(self) -> str:
+        assert self.entry is not None
+        return self.entry.container.name or self.app
+
+    def _view(self) -> DeployView | None:
+        return self.ctx.state().deploys.views.get(self.id)
+
+    def _t(self, step: str) -> float:
+        return float(getattr(self.ctx.config.deploy, f"{step}_timeout_s"))
+
+    def _verify_timeout(self) -> float:
+        assert self.entry is not None
+        v = self.entry.verify
+        return v.timeout_s + v.stable_s + self.ctx.config.deploy.verify_grace_s
+
+
+def _credentials(url: str, table: dict[str, GitCredentials]) -> git.Credentials | None:
+    best = max((prefix for prefix in table if url.startswith(prefix)), key=len, default=None)
+    if best is None:
+        return None
+    c = table[best]
+    return git.Credentials(
+        ssh_key=c.ssh_key,
+        ssh_pubkey=c.ssh_pubkey,
+        ssh_passphrase=c.ssh_passphrase,
+        token=c.token,
+        username=c.username,
+    )
+
+
+def _fetch_and_export(
+    url: str,
+    mirror_dir: Path,
+    branch: str,
+    sha: str | None,
+    force: bool,
+    creds: git.Credentials | None,
+    work: Path,
+) -> str:
+    mirror_dir.parent.mkdir(parents=True, exist_ok=True)
+    mirror = git.Mirror.sync(url, mirror_dir, creds)
+    if sha is None:
+        sha = mirror.branch_head(branch)
+    else:
+        sha = mirror.commit_of(sha)
+        if not force and not mirror.on_branch(sha, branch):
+            raise ValueError(f"{sha} is not on branch {branch} (use force to deploy it anyway)")
+    shutil.rmtree(work, ignore_errors=True)
+    mirror.export(sha, work / "src")
+    return sha
+
+
+def _changed_paths(mirror_dir: Path, old: str | None, new: str) -> list[str]:
+    mirror = git.Mirror.open(mirror_dir)
+    try:
+        return mirror.changed_paths(old, new)
+    except git.RefNotFound:  # the old release is gone from the repo: treat all as changed
+        return mirror.changed_paths(None, new)

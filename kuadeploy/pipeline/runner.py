@@ -1,0 +1,104 @@
+"""The deploy queue: one deploy per app at a time, in the ledger, surviving restarts.
+
+Queued deploys are the projection's; a worker per app runs the oldest queued one
+and looks again when it ends. At start-up, deploys that were in flight when the
+previous process died get `DeployInterrupted` before the queue resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from kuadeploy import events as ev
+from kuadeploy.ledger import NewEvent, StoredEvent
+from kuadeploy.pipeline.run import ACTOR, Context, DeployRun
+from projections.deploys import active_deploys
+
+log = logging.getLogger(__name__)
+
+
+class DeployRunner:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self._workers: dict[str, asyncio.Task] = {}
+        self._runs: dict[str, tuple[DeployRun, asyncio.Task]] = {}
+        self._closing = False
+
+    async def start(self) -> None:
+        await self._interrupt_leftovers()
+        self.ctx.ledger.subscribe(self._on_commit)
+        for view in active_deploys(self.ctx.state().deploys):
+            self._kick(view.app)
+
+    async def _interrupt_leftovers(self) -> None:
+        """Deploys running or held when the last process stopped cannot be resumed
+        truthfully: record that they were interrupted; the queue goes on."""
+        items = []
+        for view in active_deploys(self.ctx.state().deploys):
+            if view.status == "queued":
+                continue
+            at = next((s.name for s in reversed(view.steps) if s.status == "running"), None)
+            reason = f"kuadeploy restarted while {view.status}" + (f" ({at})" if at else "")
+            data = ev.DeployInterrupted(view.app, reason)
+            items.append(NewEvent(f"deploy/{view.id}", data, len(view.events)))
+        for item in items:
+            await self.ctx.ledger.append([item], actor=ACTOR)
+
+    def _on_commit(self, batch: list[StoredEvent]) -> None:
+        for stored in batch:
+            data = stored.event.data
+            if isinstance(data, ev.DeployRequested):
+                self._kick(data.app)
+
+    def _kick(self, app: str) -> None:
+        worker = self._workers.get(app)
+        if not self._closing and (worker is None or worker.done()):
+            self._workers[app] = asyncio.get_running_loop().create_task(self._work(app))
+
+    async def _work(self, app: str) -> None:
+        while not self._closing:
+            queued = [
+                v for v in active_deploys(self.ctx.state().deploys, app) if v.status == "queued"
+            ]
+            if not queued:
+                return
+            run = DeployRun(self.ctx, queued[0])
+            task = asyncio.get_running_loop().create_task(run.run())
+            self._runs[run.id] = (run, task)
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not task.done():
+                    run.stop_reason = run.stop_reason or "shutdown"
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                raise
+            finally:
+                self._runs.pop(run.id, None)
+
+    def running(self, deploy_id: str) -> bool:
+        return deploy_id in self._runs
+
+    async def cancel(self, deploy_id: str, reason: str) -> bool:
+        """Stop a running deploy; it restores what was running and records why."""
+        entry = self._runs.get(deploy_id)
+        if entry is None:
+            return False
+        run, task = entry
+        run.stop_reason = reason
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return True
+
+    async def close(self) -> None:
+        """Interrupt running deploys (recorded as DeployInterrupted) and stop the workers."""
+        self._closing = True
+        for run, task in list(self._runs.values()):
+            run.stop_reason = "shutdown"
+            task.cancel()
+        for _run, task in list(self._runs.values()):
+            await asyncio.gather(task, return_exceptions=True)
+        for worker in self._workers.values():
+            worker.cancel()
+        await asyncio.gather(*self._workers.values(), return_exceptions=True)

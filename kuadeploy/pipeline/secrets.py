@@ -1,0 +1,62 @@
+"""Secret references in env values, resolved at deploy time by the configured provider.
+
+Values only ever live in memory on their way into a container's environment: they
+never enter events, logs, API responses or exports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from kuadeploy.config import SecretsConfig
+from kuadeploy.entry import Container, SecretRef
+
+
+class SecretError(Exception):
+    pass
+
+
+async def resolve_env(container: Container, provider: SecretsConfig) -> dict[str, str]:
+    """env name -> value for every secret reference in `container.env`."""
+    out: dict[str, str] = {}
+    for key, value in container.env.items():
+        if isinstance(value, SecretRef):
+            out[key] = await resolve(value.secret, provider)
+    return out
+
+
+async def resolve(name: str, provider: SecretsConfig) -> str:
+    if provider.dir:
+        return await asyncio.to_thread(_from_dir, Path(provider.dir), name)
+    if provider.command:
+        return await _from_command(provider.command, name)
+    raise SecretError(f"secret {name!r} is referenced but no [secrets] provider is configured")
+
+
+def _from_dir(root: Path, name: str) -> str:
+    path = (root / name).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise SecretError(f"secret name {name!r} leaves the secrets directory")
+    try:
+        return path.read_text().removesuffix("\n")
+    except FileNotFoundError:
+        raise SecretError(f"secret {name!r} not found in {root}") from None
+    except OSError as exc:
+        raise SecretError(f"secret {name!r}: {exc.strerror}") from None
+
+
+async def _from_command(command: list[str], name: str) -> str:
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *command,
+            name,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,  # a provider's stderr may echo the value
+        )
+    except OSError as exc:
+        raise SecretError(f"secret provider {command[0]!r}: {exc.strerror}") from None
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise SecretError(f"secret {name!r}: provider exited with {proc.returncode}")
+    return out.decode().removesuffix("\n")

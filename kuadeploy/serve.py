@@ -1,0 +1,69 @@
+"""`kuadeploy serve`: run the service until SIGTERM/SIGINT, then shut down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from kuadeploy.config import Config
+from kuadeploy.http.app import make_app
+from kuadeploy.service import Service
+
+log = logging.getLogger("kuadeploy.serve")
+
+
+class JsonLogFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = {"ts": self.formatTime(record), "level": record.levelname, "logger": record.name}
+        if isinstance(record.msg, dict):
+            line.update(record.msg)
+        else:
+            line["msg"] = record.getMessage()
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+async def serve(config: Config) -> None:
+    service = await Service.open(config)
+    if service.bootstrap_token:
+        # Shown once: only its hash is stored (DESIGN §6).
+        print(f"Created an admin token (shown once, store it now): {service.bootstrap_token}")
+        sys.stdout.flush()
+    app = make_app(service)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=30)
+    await runner.setup()
+    host, port = parse_listen(config.listen)
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        await service.close()
+        raise SystemExit(f"kuadeploy: cannot listen on {config.listen}: {exc.strerror}") from exc
+    log.info({"msg": "listening", "listen": config.listen, "head_seq": service.ledger.head.seq})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info({"msg": "stopping: finishing in-flight requests"})
+    await runner.cleanup()  # stop accepting, let in-flight handlers finish
+    await service.close()  # every queued append is committed before the ledger closes
+    log.info({"msg": "stopped", "head_seq": service.ledger.head.seq})

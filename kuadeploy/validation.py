@@ -1,0 +1,150 @@
+"""Registry entry validation: every problem at once, from the msgspec schema plus DESIGN §5.
+
+msgspec stops at the first error, so the entry's type info is walked field by
+field and each field is converted on its own: the schema stays the single
+source of truth, and a 422 can list every problem.
+"""
+
+from __future__ import annotations
+
+import functools
+import posixpath
+import re
+import typing
+from typing import Any
+
+import msgspec
+from msgspec import inspect
+
+from kuadeploy.entry import AppEntry
+
+APP_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_SHELL_META = set(" \t\n;&|$`<>()'\"\\!*?[]{}#")
+
+
+class Problem(msgspec.Struct, frozen=True):
+    path: str
+    message: str
+
+
+def check_app_name(name: str) -> list[Problem]:
+    if APP_NAME.match(name):
+        return []
+    return [Problem("app", f"app name {name[:80]!r} must match {APP_NAME.pattern}")]
+
+
+def check_branch(branch: str) -> str | None:
+    """`git check-ref-format --branch` rules, no leading '-', no shell metacharacters."""
+    if len(branch) > 200:
+        return "branch name longer than 200 characters"
+    if not branch:
+        return "branch name is empty"
+    if branch.startswith("-"):
+        return "branch name must not start with '-'"
+    if any(c in _SHELL_META for c in branch) or any(ord(c) < 0x20 or c == "\x7f" for c in branch):
+        return "branch name contains whitespace, control or shell characters"
+    if ".." in branch or "@{" in branch or branch == "@" or "//" in branch:
+        return "branch name contains '..', '@{', '//' or is '@'"
+    if branch.startswith("/") or branch.endswith("/") or branch.endswith("."):
+        return "branch name must not start or end with '/' or end with '.'"
+    if any(c in branch for c in "~^:"):
+        return "branch name contains '~', '^' or ':'"
+    for part in branch.split("/"):
+        if part.startswith(".") or part.endswith(".lock"):
+            return "a branch name component starts with '.' or ends with '.lock'"
+    return None
+
+
+def check_repo_path(path: str) -> str | None:
+    """A path inside the repository: relative, no '..' escaping the root."""
+    if not path or path.startswith("/") or "\x00" in path or "\\" in path:
+        return "must be a relative path inside the repository"
+    normal = posixpath.normpath(path)
+    if normal == ".." or normal.startswith("../"):
+        return "must stay inside the repository"
+    return None
+
+
+def validate_entry(obj: Any, servers: set[str]) -> tuple[AppEntry | None, list[Problem]]:
+    problems = _check_struct(obj, AppEntry, "$")
+    if isinstance(obj, dict):
+        problems += _check_semantics(obj, servers)
+    if problems:
+        return None, sorted(problems, key=lambda p: p.path)
+    return msgspec.convert(obj, AppEntry), []
+
+
+def _check_struct(obj: Any, cls: type, path: str) -> list[Problem]:
+    if not isinstance(obj, dict):
+        return [Problem(path, f"expected an object, got {_json_type(obj)}")]
+    info = inspect.type_info(cls)
+    assert isinstance(info, inspect.StructType)
+    fields = {f.encode_name: f for f in info.fields}
+    problems = [Problem(f"{path}.{k}", "unknown field") for k in obj if k not in fields]
+    for name, field in fields.items():
+        here = f"{path}.{name}"
+        if name not in obj:
+            if field.required:
+                problems.append(Problem(here, "required field is missing"))
+            continue
+        if isinstance(field.type, inspect.StructType):
+            problems.extend(_check_struct(obj[name], field.type.cls, here))
+            continue
+        try:
+            msgspec.convert(obj[name], _python_type(cls, name))
+        except msgspec.ValidationError as exc:
+            message, _, where = str(exc).partition(" - at `$")
+            problems.append(Problem(here + where.rstrip("`"), message))
+    return problems
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, include_extras=True)
+
+
+def _python_type(cls: type, name: str) -> Any:
+    return _hints(cls).get(name, Any)
+
+
+def _check_semantics(obj: dict, servers: set[str]) -> list[Problem]:
+    """DESIGN §5 rules on the raw document, for every field whose type is right."""
+    problems = []
+
+    def text(*keys: str) -> str | None:
+        value: Any = obj
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value if isinstance(value, str) else None
+
+    server = text("server")
+    if server is not None and server not in servers:
+        known = ", ".join(sorted(servers)) or "none"
+        problems.append(Problem("$.server", f"unknown server {server!r} (configured: {known})"))
+    branch = text("branch")
+    if branch is not None and (message := check_branch(branch)):
+        problems.append(Problem("$.branch", message))
+    for key in ("dockerfile", "context"):
+        path = text(key)
+        if path is not None and (message := check_repo_path(path)):
+            problems.append(Problem(f"$.{key}", message))
+    migrations = obj.get("migrations")
+    paths = migrations.get("paths") if isinstance(migrations, dict) else None
+    for i, pattern in enumerate(paths if isinstance(paths, list) else []):
+        if isinstance(pattern, str) and (message := check_repo_path(pattern)):
+            problems.append(Problem(f"$.migrations.paths[{i}]", message))
+    url = text("verify", "health_url")
+    if url is not None and not re.match(r"^https?://[^/\s]+(/\S*)?$", url):
+        problems.append(Problem("$.verify.health_url", "must be an http:// or https:// URL"))
+    container = obj.get("container")
+    env = container.get("env") if isinstance(container, dict) else None
+    for key in env if isinstance(env, dict) else ():
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+            problems.append(Problem(f"$.container.env.{key}", "not a valid variable name"))
+    return problems
+
+
+def _json_type(obj: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(obj), "number"
+    )

@@ -1,0 +1,274 @@
+"""Registry API against a real server on 127.0.0.1 with a real data dir."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kuadeploy.ledger import reading
+from kuadeploy.ledger.verify import verify_ledger
+from tests.api_support import TOKENS, entry_doc, make_config, running
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+async def api(tmp_path):
+    async with running(make_config(tmp_path)) as client:
+        yield client
+
+
+def is_problem(resp, body, status: int) -> bool:
+    return resp.status == status and resp.content_type == PROBLEM and body["status"] == status
+
+
+async def test_put_get_patch_delete_happy_path(api):
+    status, body, resp = await api.call("PUT", "/api/v1/apps/web", json=entry_doc())
+    assert status == 201 and body["version"] == 1 and body["seq"] == 1
+    assert resp.headers["ETag"] == '"1"'
+    assert body["entry"]["dockerfile"] == "Dockerfile"  # defaults are filled in, explicitly
+    status, body, resp = await api.call("GET", "/api/v1/apps/web", role="reader")
+    assert status == 200 and body["app"] == "web" and resp.headers["ETag"] == '"1"'
+    status, body, _ = await api.call(
+        "PATCH",
+        "/api/v1/apps/web",
+        data=b'{"branch": "dev", "container": {"env": {"A": "1"}}}',
+        headers={"Content-Type": "application/merge-patch+json", "If-Match": '"1"'},
+    )
+    assert status == 200 and body["entry"]["branch"] == "dev" and body["version"] == 2
+    assert body["entry"]["container"]["env"] == {"A": "1"}
+    status, body, _ = await api.call(
+        "PATCH", "/api/v1/apps/web", json={"container": {"env": {"A": None}}}
+    )
+    assert status == 200 and body["entry"]["container"]["env"] == {}
+    status, body, _ = await api.call("PUT", "/api/v1/apps/web", json=entry_doc("x"))
+    assert status == 200 and body["version"] == 4
+    status, body, _ = await api.call("GET", "/api/v1/apps", role="reader")
+    assert [a["app"] for a in body["apps"]] == ["web"]
+    status, body, _ = await api.call("DELETE", "/api/v1/apps/web", headers={"If-Match": '"4"'})
+    assert status == 200 and body == {"app": "web", "version": 5, "removed": True, "seq": 5}
+    status, body, resp = await api.call("GET", "/api/v1/apps/web")
+    assert is_problem(resp, body, 404)
+
+
+async def test_unchanged_entry_appends_nothing_and_says_so(api):
+    await api.call("PUT", "/api/v1/apps/web", json=entry_doc())
+    status, body, _ = await api.call("PUT", "/api/v1/apps/web", json=entry_doc())
+    assert status == 200 and body["unchanged"] is True and body["version"] == 1
+    status, body, _ = await api.call("PATCH", "/api/v1/apps/web", json={"branch": "main"})
+    assert status == 200 and body["unchanged"] is True
+    assert await api.head_seq() == 1
+
+
+async def test_status_codes_are_problem_json(api):
+    await api.call("PUT", "/api/v1/apps/web", json=entry_doc())
+    cases = [
+        ("GET", "/api/v1/apps/web", None, {}, 401),  # no token
+        ("GET", "/api/v1/apps/web", None, {"Authorization": "Bearer nope"}, 401),
+        ("GET", "/api/v1/apps/web", None, {"Authorization": "Basic dDp0"}, 401),
+        ("PUT", "/api/v1/apps/web", "reader", {}, 403),
+        ("PUT", "/api/v1/apps/web", "deployer", {}, 403),
+        ("DELETE", "/api/v1/apps/web", "deployer", {}, 403),
+        ("GET", "/api/v1/apps/nope", "reader", {}, 404),
+        ("PATCH", "/api/v1/apps/nope", "admin", {"Content-Type": "application/json"}, 404),
+        ("DELETE", "/api/v1/apps/nope", "admin", {}, 404),
+        ("GET", "/api/v1/apps/nope/history", "reader", {}, 404),
+        ("DELETE", "/api/v1/apps/web", "admin", {"If-Match": '"7"'}, 412),
+        ("PUT", "/api/v1/apps/web", "admin", {"If-None-Match": "*"}, 412),
+        ("PUT", "/api/v1/apps/web", "admin", {"Content-Type": "text/plain"}, 415),
+        ("PATCH", "/api/v1/apps/web", "admin", {"Content-Type": "application/xml"}, 415),
+    ]
+    for method, path, role, headers, expected in cases:
+        data = b"{}" if method in ("PUT", "PATCH") else None
+        hdrs = {"Content-Type": "application/json", **headers} if data else headers
+        status, body, resp = await api.call(method, path, role=role, data=data, headers=hdrs)
+        assert is_problem(resp, body, expected), (method, path, headers, status, body)
+    status, body, resp = await api.call(
+        "PUT", "/api/v1/apps/web", data=b'{"server": ', headers={"Content-Type": "application/json"}
+    )
+    assert is_problem(resp, body, 400) and "malformed JSON" in body["detail"]
+    big = b'{"x": "' + b"a" * (1024 * 1024) + b'"}'
+    status, body, resp = await api.call(
+        "PUT", "/api/v1/apps/web", data=big, headers={"Content-Type": "application/json"}
+    )
+    assert is_problem(resp, body, 413)
+    status, body, resp = await api.call("GET", "/api/v1/nothing-here", role="reader")
+    assert is_problem(resp, body, 404)
+    status, body, resp = await api.call("POST", "/api/v1/apps/web", role="admin")
+    assert is_problem(resp, body, 405)
+    assert await api.head_seq() == 1
+
+
+async def test_422_lists_every_problem(api):
+    doc = {
+        "server": "elsewhere",
+        "repo": 7,
+        "branch": "a..b",
+        "dockerfile": "../../etc/passwd",
+        "surprise": True,
+        "container": {"restart": "sometimes"},
+    }
+    _status, body, resp = await api.call("PUT", "/api/v1/apps/web", json=doc)
+    assert is_problem(resp, body, 422)
+    paths = [e["path"] for e in body["errors"]]
+    assert paths == [
+        "$.branch",
+        "$.container.restart",
+        "$.dockerfile",
+        "$.repo",
+        "$.server",
+        "$.surprise",
+    ]
+    assert body["detail"] == "6 problems found"
+    assert await api.head_seq() == 0
+
+
+BAD_NAMES = ["..%2f..", "UPPER", "a" * 80, "-lead", "a_b", "%2e%2e"]
+BAD_BRANCHES = ["-x", "a;rm -rf /", "a..b", "a@{1}", "x.lock", "a b", "b" * 10_000, "a/", ".x"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+async def test_bad_app_names_append_nothing(api, name):
+    status, body, resp = await api.call("PUT", f"/api/v1/apps/{name}", json=entry_doc())
+    assert resp.status in (404, 422) and resp.content_type == PROBLEM, (name, status, body)
+    assert await api.head_seq() == 0
+
+
+@pytest.mark.parametrize("branch", BAD_BRANCHES)
+async def test_bad_branches_append_nothing(api, branch):
+    _status, body, resp = await api.call("PUT", "/api/v1/apps/web", json=entry_doc(branch))
+    assert is_problem(resp, body, 422), branch
+    assert body["errors"][0]["path"] == "$.branch"
+    assert await api.head_seq() == 0
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        entry_doc(server="nowhere"),
+        entry_doc(unknown_field=1),
+        entry_doc(dockerfile="../../etc/passwd"),
+        entry_doc(context="/abs"),
+        entry_doc(keep_releases="5"),
+        entry_doc(verify={"timeout_s": "soon"}),
+        {"server": "local"},
+        [],
+        "string",
+    ],
+)
+async def test_bad_entries_append_nothing(api, doc):
+    _status, body, resp = await api.call("PUT", "/api/v1/apps/web", json=doc)
+    assert is_problem(resp, body, 422), doc
+    assert await api.head_seq() == 0
+
+
+async def test_dry_runs_write_nothing_and_predict_the_real_result(api):
+    status, dry, _ = await api.call("PUT", "/api/v1/apps/web?dry_run=1", json=entry_doc())
+    assert status == 200 and dry["dry_run"] is True and dry["before"] is None
+    assert dry["diff"] == [{"op": "add", "path": "", "value": dry["after"]}]
+    assert await api.head_seq() == 0
+    _, real, _ = await api.call("PUT", "/api/v1/apps/web", json=entry_doc())
+    assert real["entry"] == dry["after"]
+
+    patch = {"branch": "dev", "container": {"env": {"K": "v"}}}
+    _, dry, _ = await api.call("PATCH", "/api/v1/apps/web?dry_run=1", json=patch)
+    assert {"op": "replace", "path": "/branch", "value": "dev"} in dry["diff"]
+    assert {"op": "add", "path": "/container/env/K", "value": "v"} in dry["diff"]
+    assert await api.head_seq() == 1
+    _, real, _ = await api.call("PATCH", "/api/v1/apps/web", json=patch)
+    assert real["entry"] == dry["after"]
+
+    _, dry, _ = await api.call("DELETE", "/api/v1/apps/web?dry_run=1")
+    assert dry["after"] is None and dry["diff"] == [{"op": "remove", "path": ""}]
+    assert await api.head_seq() == 2
+    status, _, _ = await api.call("GET", "/api/v1/apps/web")
+    assert status == 200
+
+
+async def test_if_none_match_creates_only(api):
+    hdrs = {"If-None-Match": "*"}
+    status, _, _ = await api.call("PUT", "/api/v1/apps/web", json=entry_doc(), headers=hdrs)
+    assert status == 201
+    status, _, _ = await api.call("PUT", "/api/v1/apps/web", json=entry_doc("x"), headers=hdrs)
+    assert status == 412
+    await api.call("DELETE", "/api/v1/apps/web")
+    status, body, _ = await api.call("PUT", "/api/v1/apps/web", json=entry_doc(), headers=hdrs)
+    assert status == 201 and body["version"] == 3  # the stream goes on across delete
+
+
+async def test_hundred_concurrent_patches_with_the_same_if_match(api):
+    await api.call("PUT", "/api/v1/apps/web", json=entry_doc())
+
+    async def patch(i: int):
+        return await api.call(
+            "PATCH",
+            "/api/v1/apps/web",
+            json={"container": {"env": {f"K{i}": str(i)}}},
+            headers={"If-Match": '"1"'},
+        )
+
+    results = await asyncio.gather(*(patch(i) for i in range(100)))
+    statuses = sorted(r[0] for r in results)
+    assert statuses == [200] + [412] * 99
+    winner = next(r[1] for r in results if r[0] == 200)
+    _, now, _ = await api.call("GET", "/api/v1/apps/web")
+    assert now["version"] == 2 and now["entry"] == winner["entry"]  # no lost update
+    assert await api.head_seq() == 2
+    conn = reading.open_readonly(api.service.config.ledger_path)
+    assert verify_ledger(conn).ok
+    conn.close()
+
+
+async def test_concurrent_patches_without_if_match_all_apply(api):
+    await api.call("PUT", "/api/v1/apps/web", json=entry_doc())
+    results = await asyncio.gather(
+        *(
+            api.call("PATCH", "/api/v1/apps/web", json={"container": {"env": {f"K{i}": "v"}}})
+            for i in range(30)
+        )
+    )
+    assert all(r[0] == 200 for r in results)
+    _, now, _ = await api.call("GET", "/api/v1/apps/web")
+    assert len(now["entry"]["container"]["env"]) == 30 and now["version"] == 31
+
+
+async def test_history_across_delete_and_recreate(api):
+    await api.call("PUT", "/api/v1/apps/web", json=entry_doc())
+    await api.call("PATCH", "/api/v1/apps/web", json={"branch": "dev"})
+    await api.call("DELETE", "/api/v1/apps/web")
+    await api.call("PUT", "/api/v1/apps/web", json=entry_doc("again"))
+    status, body, _ = await api.call("GET", "/api/v1/apps/web/history", role="reader")
+    assert status == 200
+    changes = body["changes"]
+    assert [c["type"] for c in changes] == [
+        "AppRegistered",
+        "AppPatched",
+        "AppRemoved",
+        "AppRegistered",
+    ]
+    assert [c["seq"] for c in changes] == [1, 2, 3, 4]
+    assert all(c["actor"] == "admin" and c["ts"].endswith("Z") for c in changes)
+    assert changes[0]["before"] is None and changes[1]["before"]["branch"] == "main"
+    assert changes[1]["after"]["branch"] == "dev" and changes[2]["after"] is None
+    assert changes[3]["before"] is None and changes[3]["after"]["branch"] == "again"
+
+
+async def test_tokens_added_by_the_cli_work_without_restart(api, tmp_path):
+    from kuadeploy.tokens import add_token
+
+    token = add_token(str(tmp_path), "ci-bot", "deployer")
+    status, _body, _ = await api.call(
+        "GET", "/api/v1/apps", role=None, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert status == 200
+    status, _, _ = await api.call(
+        "PUT",
+        "/api/v1/apps/web",
+        role=None,
+        json=entry_doc(),
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert status == 403
+    assert token not in (tmp_path / "tokens.json").read_text()
+    assert TOKENS["admin"] not in (tmp_path / "tokens.json").read_text()

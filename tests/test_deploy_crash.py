@@ -1,0 +1,142 @@
+"""SIGKILL the server mid-build and mid-verify: the restart tells the truth and goes on."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from kuadeploy.tokens import token_hash
+from tests.support import ROOT
+from tests.test_serve import free_port
+
+pytestmark = pytest.mark.docker
+TOKEN = "t-admin"
+
+
+class Server:
+    def __init__(self, tmp: Path, docker: str):
+        self.port = free_port()
+        self.config = tmp / "kuadeploy.toml"
+        self.config.write_text(
+            f'data_dir = "{tmp / "data"}"\nlisten = "127.0.0.1:{self.port}"\n'
+            f'[servers.a]\ndocker = "{docker}"\n'
+            f"[deploy]\nhealth_poll_s = 0.1\n"
+            f'[[tokens]]\nactor = "admin"\nrole = "admin"\nsha256 = "{token_hash(TOKEN)}"\n'
+        )
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kuadeploy", "serve", "--config", str(self.config)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                self.call("GET", "/healthz")
+                return
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.1)
+        raise AssertionError("server did not come up")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+    def call(self, method: str, path: str, body: dict | None = None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data, method=method)
+        req.add_header("Authorization", f"Bearer {TOKEN}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    def deploy(self, app: str) -> str:
+        status, body = self.call("POST", f"/api/v1/apps/{app}/deploy", {})
+        assert status == 202, body
+        return body["deploy_id"]
+
+    def wait(self, deploy_id: str, until, timeout: float = 60) -> dict:
+        deadline = time.time() + timeout
+        while True:
+            _, view = self.call("GET", f"/api/v1/deploys/{deploy_id}")
+            if until(view):
+                return view
+            assert time.time() < deadline, view
+            time.sleep(0.1)
+
+
+def finished(view: dict) -> bool:
+    return view["status"] not in ("queued", "running", "awaiting_approval")
+
+
+def in_step(name: str):
+    def check(view: dict) -> bool:
+        return any(s["name"] == name and s["status"] == "running" for s in view["steps"])
+
+    return check
+
+
+@pytest.mark.parametrize("where", ["build", "verify"])
+def test_sigkill_mid_deploy_then_restart_is_truthful(tmp_path, docker_a, sample_app, where):
+    server = Server(tmp_path, docker_a)
+    server.start()
+    try:
+        entry = sample_app.entry("a")
+        status, _ = server.call("PUT", f"/api/v1/apps/{sample_app.name}", entry)
+        assert status == 201
+        good = server.wait(server.deploy(sample_app.name), finished)
+        assert good["status"] == "succeeded"
+        if where == "build":
+            sample_app.slow_build(30)
+        else:
+            entry["verify"]["stable_s"] = 30  # a long stability window to be killed in
+            server.call("PUT", f"/api/v1/apps/{sample_app.name}", entry)
+            sample_app.healthy(note="verify me")
+        victim = server.deploy(sample_app.name)
+        server.wait(victim, in_step(where))
+        server.kill()
+
+        server.start()
+        view = server.wait(victim, finished)
+        assert view["status"] == "interrupted" and where in view["reason"], view
+        _, rt = server.call("GET", f"/api/v1/apps/{sample_app.name}/runtime-status")
+        assert rt["release"]["sha"] == good["sha"]
+        if where == "build":  # nothing was switched: the old release still runs
+            assert rt["container"]["sha"] == good["sha"] and rt["drift"] is False
+        else:  # an unverified release runs: runtime-status says so
+            assert rt["container"]["sha"] == sample_app.head and rt["drift"] is True
+
+        entry["verify"]["stable_s"] = 1
+        server.call("PUT", f"/api/v1/apps/{sample_app.name}", entry)
+        sample_app.healthy(note="after the crash")
+        after = server.wait(server.deploy(sample_app.name), finished)
+        assert after["status"] == "succeeded" and after["sha"] == sample_app.head
+        _, rt = server.call("GET", f"/api/v1/apps/{sample_app.name}/runtime-status")
+        assert rt["drift"] is False and rt["release"]["sha"] == sample_app.head
+        _, verify = server.call("GET", "/api/v1/audit/verify?full=1")
+        assert verify["ok"] is True
+    finally:
+        server.stop()

@@ -1,0 +1,107 @@
+"""`kuadeploy serve` as a real process: first boot, JSON logs, graceful shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.support import ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(tmp: Path, port: int, config: Path | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KUA_LISTEN": f"127.0.0.1:{port}"}
+    env.pop("KUA_CONFIG", None)
+    args = [sys.executable, "-m", "kuadeploy", "serve"]
+    if config:
+        args += ["--config", str(config)]
+    proc = subprocess.Popen(
+        args, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise AssertionError(proc.stderr.read()) from None
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("server did not start")
+
+
+def request(port: int, method: str, path: str, token: str, body: dict | None = None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
+    req.add_header("Authorization", f"Bearer {token}")
+    if data:
+        req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.status, json.loads(resp.read())
+
+
+def test_first_boot_without_config_then_graceful_stop(tmp_path):
+    port = free_port()
+    proc = start(tmp_path, port)
+    try:
+        line = proc.stdout.readline()
+        assert "Created an admin token" in line
+        token = line.strip().rsplit(" ", 1)[-1]
+        assert token not in (tmp_path / "data" / "tokens.json").read_text()
+        entry = {"server": "local", "repo": "https://x/y.git", "branch": "main"}
+        status, body = request(port, "PUT", "/api/v1/apps/web", token, entry)
+        assert status == 201 and body["version"] == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    lines = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
+    access = [x for x in lines if x["logger"] == "kuadeploy.access"]
+    put = next(x for x in access if x["method"] == "PUT")
+    assert put["status"] == 201 and put["actor"] == "admin" and put["path"] == "/api/v1/apps/web"
+    assert isinstance(put["ms"], float)
+    assert token not in err  # never a token in the logs
+    assert any(x.get("msg") == "stopped" for x in lines)
+
+    proc = start(tmp_path, port)  # second boot: no new token, data kept
+    try:
+        status, body = request(port, "GET", "/api/v1/apps/web", token)
+        assert status == 200 and body["version"] == 1
+        # an open SSE stream must not hold up a graceful stop
+        stream = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/events/stream")
+        stream.add_header("Authorization", f"Bearer {token}")
+        held = urllib.request.urlopen(stream, timeout=10)
+    finally:
+        started = time.time()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and time.time() - started < 10
+    assert "Created an admin token" not in out
+    held.close()
+
+
+def test_bad_config_is_a_one_line_error(tmp_path):
+    config = tmp_path / "k.toml"
+    config.write_text('data_dir = "d"\nlisten = 5\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "kuadeploy", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("kuadeploy:") and "listen" in proc.stderr
