@@ -210,3 +210,26 @@ async def test_stale_nodes_are_replaced(path):
     led = await Ledger.open(path, verified_tree=reference(bodies))
     assert await led.read_tree(root_at, 512) == reference(bodies[:512]).root()
     await led.close()
+
+
+async def test_two_writers_on_one_file_keep_their_trees_right(path):
+    """A second process appending (here a second Ledger): each writer, on finding
+    the head moved, reads the new bodies into its tree."""
+    first = await Ledger.open(path)
+    second = await Ledger.open(path)
+    for i in range(40):
+        await (first if i % 3 else second).append([register(f"a{i % 4}", f"b{i}")], actor="t")
+    bodies = [b for (b,) in rows(path, "SELECT body FROM events ORDER BY seq")]
+    for led in (first, second):
+        await led.append([register("last", f"by{id(led)}")], actor="t")
+        bodies.append(rows(path, "SELECT body FROM events ORDER BY seq DESC LIMIT 1")[0][0])
+    assert second.tree == reference(bodies)
+    await first.append([register("final")], actor="t")
+    bodies.append(rows(path, "SELECT body FROM events ORDER BY seq DESC LIMIT 1")[0][0])
+    assert first.tree == reference(bodies)
+    await first.close()
+    await second.close()
+    led = await Ledger.open(path)
+    assert led.tree == reference(bodies)
+    assert await led.read_tree(root_at, 30) == reference(bodies[:30]).root()
+    await led.close()

@@ -232,7 +232,7 @@ class Ledger:
     async def run_job(self, fn: Callable[..., T], *args: object) -> T:
         """Run fn(writer connection, *args) in the writer, after the appends queued
         before it: for writes beside the events (checkpoints), and as a barrier."""
-        if self._stopping:
+        if self._stopping or self._task.done():
             raise LedgerClosed("ledger is closed")
         future = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Job(fn, args, future))
