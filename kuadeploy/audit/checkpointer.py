@@ -16,6 +16,7 @@ import asyncio
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from kuadeploy.audit.checkpoints import SignedCheckpoint
@@ -40,7 +41,7 @@ class Checkpointer:
         origin: str,
         mirror: Path,
         interval_s: float = 1.0,
-        clock=utc_now,
+        clock: Callable[[], str] = utc_now,
     ):
         self.ledger = ledger
         self.signer = signer

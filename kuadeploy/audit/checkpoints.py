@@ -25,7 +25,13 @@ from hashlib import sha256
 from itertools import islice
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from kuadeploy.audit.merkle import TreeState, consistency_proof, inclusion_proof, root_at
+from kuadeploy.audit.merkle import (
+    NodeSource,
+    TreeState,
+    consistency_proof,
+    inclusion_proof,
+    root_at,
+)
 from kuadeploy.ledger.chain import GENESIS_HASH
 from kuadeploy.ledger.tree import advance, iter_bodies
 
@@ -122,7 +128,7 @@ def _check_size(ledger: Ledger, size: int) -> None:
         raise ProofRequestError(f"tree size {size} is beyond the ledger's {head} events")
 
 
-def _inclusion(nodes, index: int, size: int) -> tuple[list[bytes], bytes]:
+def _inclusion(nodes: NodeSource, index: int, size: int) -> tuple[list[bytes], bytes]:
     return inclusion_proof(nodes, index, size), root_at(nodes, size)
 
 

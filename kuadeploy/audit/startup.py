@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from typing import NamedTuple
@@ -116,7 +118,7 @@ def check_ledger(ledger_path: str, mirror: Path, verifier: Verifier, origin: str
 
 
 async def open_checked(
-    config: Config, *, allow_rewind: bool = False, clock=utc_now
+    config: Config, *, allow_rewind: bool = False, clock: Callable[[], str] = utc_now
 ) -> AuditedLedger:
     """Open the ledger after the start-up check (see the module doc); raises
     LedgerRewound, or CheckpointRefused when the checkpoint table contradicts
@@ -169,7 +171,7 @@ async def open_checked(
     return AuditedLedger(ledger, checkpointer, overridden)
 
 
-def drop_checkpoints_not_in_ledger(conn) -> int:
+def drop_checkpoints_not_in_ledger(conn: sqlite3.Connection) -> int:
     """Delete the checkpoints whose (size, root) the ledger no longer has; how many.
 
     They were signed consistent with each other, so those still in the ledger are
@@ -191,7 +193,7 @@ def drop_checkpoints_not_in_ledger(conn) -> int:
     return conn.execute("DELETE FROM checkpoints WHERE size >= ?", (rows[lo][0],)).rowcount
 
 
-def accepted_chain_breaks(conn) -> set[int]:
+def accepted_chain_breaks(conn: sqlite3.Connection) -> set[int]:
     """The chain breaks earlier overrides accepted (the stream `system` is short)."""
     rows = conn.execute(
         "SELECT body FROM events WHERE stream = 'system' AND type = 'CheckpointOverridden'"
