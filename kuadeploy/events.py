@@ -180,6 +180,25 @@ class WebhookIgnored(WebhookDelivery, frozen=True):
     """A verified delivery that requested nothing; `ignored` says why."""
 
 
+# --- audit (stream system) ---------------------------------------------------------
+
+
+class CheckpointOverridden(EventData, frozen=True):
+    """Start-up found the ledger shorter than, or inconsistent with, the last signed
+    checkpoint, or its hash chain broken, and an operator accepted it explicitly.
+    old_*: the refused checkpoint (None when its file could not be read as one);
+    new_*: the ledger as accepted, before this event. Roots are lowercase hex.
+    chain_breaks: the seqs of chain hash mismatches accepted here; later
+    start-ups accept the chain broken at exactly those seqs."""
+
+    reason: str
+    old_size: int | None
+    old_root: str | None
+    new_size: int
+    new_root: str
+    chain_breaks: list[int] = []
+
+
 class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="type", gc=False):
     """A stored event. `data` is narrowed to one payload type by each subclass."""
 
@@ -254,6 +273,7 @@ for _cls in (
     DeployInterrupted,
     WebhookReceived,
     WebhookIgnored,
+    CheckpointOverridden,
 ):
     register(_cls)
 
