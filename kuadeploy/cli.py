@@ -179,7 +179,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     setup_logging()
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, accept_ledger_rewind=args.accept_ledger_rewind))
     except StartupError as exc:
         print(f"kuadeploy: cannot start: {exc}", file=sys.stderr)
         return 2
@@ -206,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the service")
     serve.add_argument("--config", help="kuadeploy.toml (default: $KUA_CONFIG)")
+    serve.add_argument(
+        "--accept-ledger-rewind",
+        action="store_true",
+        help="start on a ledger shorter than or inconsistent with the last signed "
+        "checkpoint (recorded in the ledger)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     token = sub.add_parser("token", help="API tokens").add_subparsers(dest="token", required=True)

@@ -40,8 +40,8 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-async def serve(config: Config) -> None:
-    service = await Service.open(config)
+async def serve(config: Config, *, accept_ledger_rewind: bool = False) -> None:
+    service = await Service.open(config, accept_ledger_rewind=accept_ledger_rewind)
     if service.bootstrap_token:
         # Shown once: only its hash is stored (DESIGN §6).
         print(f"Created an admin token (shown once, store it now): {service.bootstrap_token}")

@@ -7,6 +7,7 @@ import time
 from aiohttp import web
 
 from kuadeploy.errors import ApiError
+from kuadeploy.http import audit as audit_routes
 from kuadeploy.http import deploys as deploy_routes
 from kuadeploy.http import ledger as ledger_routes
 from kuadeploy.http import openapi as openapi_routes
@@ -104,6 +105,7 @@ def make_app(service: Service) -> web.Application:
     app.add_routes(ledger_routes.routes)
     app.add_routes(registry_routes.routes)
     app.add_routes(deploy_routes.routes)
+    app.add_routes(audit_routes.routes)
     app.add_routes(openapi_routes.routes)
     webhook_routes.setup(app, service, metrics)
 
