@@ -9,15 +9,14 @@ answered), and one load generator drives both the same way: wrk (Debian package
 `wrk`, one thread, keep-alive), so that on a 2-core machine the client has a core
 and the server the other. PATCHes are durable (synchronous=FULL, group commit) and
 each one changes its entry, so every request appends an event. Prints a Markdown
-table (measure, kuadeploy, ceiling, ratio, target, met).
+table (measure, kuadeploy, ceiling, ratio, target, met). Webhook acknowledgement
+latency is measured by scripts/bench_webhook.py (its forge is a loopback port).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
-import hmac
 import json
 import os
 import platform
@@ -37,7 +36,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-admin-token"
-WEBHOOK_SECRET = "bench-webhook-secret"
 APPS = 64
 ROWS: list[tuple[str, str, str, str, str, str]] = []
 
@@ -117,7 +115,6 @@ def start_ours(directory: Path) -> Server:
         '[servers.local]\ndocker = "unix:///nonexistent/docker.sock"\n'
         '[[tokens]]\nactor = "bench"\nrole = "admin"\n'
         f'sha256 = "{hashlib.sha256(TOKEN.encode()).hexdigest()}"\n'
-        f'[webhook]\nsecret = "{WEBHOOK_SECRET}"\n'
     )
     cmd = [sys.executable, "-m", "kuadeploy", "serve", "--config", str(config)]
     return start("kuadeploy", cmd, port, directory / "kuadeploy.log")
@@ -268,70 +265,6 @@ def compare(
     return best(mine), best(theirs)
 
 
-# --- webhook acknowledgement (issue 5) ----------------------------------------------
-
-
-def push_delivery(app: int, n: int) -> tuple[bytes, dict[str, str]]:
-    """A push as Forgejo sends it: signed JSON body, event and delivery headers."""
-    sha = hashlib.sha1(f"{app}-{n}-{uuid.uuid4()}".encode()).hexdigest()
-    name = f"bench/{app_name(app)}"
-    payload = {
-        "ref": "refs/heads/main",
-        "before": "0" * 40,
-        "after": sha,
-        "compare_url": "",
-        "commits": [{"id": sha, "message": f"bench {n}"}],
-        "total_commits": 1,
-        "head_commit": {"id": sha, "message": f"bench {n}"},
-        "repository": {
-            "full_name": name,
-            "clone_url": f"https://forge.example.org/{name}.git",
-            "default_branch": "main",
-            "object_format_name": "sha1",
-        },
-        "pusher": {"login": "bench"},
-        "sender": {"login": "bench"},
-    }
-    body = json.dumps(payload).encode()
-    signature = hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
-    headers = {
-        "Content-Type": "application/json",
-        "X-Forgejo-Event": "push",
-        "X-Forgejo-Delivery": str(uuid.uuid4()),
-        "X-Forgejo-Signature": signature,
-        "X-Hub-Signature-256": f"sha256={signature}",
-    }
-    return body, headers
-
-
-async def webhook_ack_p99(url: str, senders: int, per_sender: int) -> float | None:
-    """p99 ms from sending a delivery to its acknowledgement, `senders` at once, each
-    sending one after another as a forge does; None while the route does not exist.
-    Latency only: there is no ceiling to compare with, so an aiohttp client is used."""
-    import aiohttp
-
-    async with aiohttp.ClientSession() as session:
-        body, headers = push_delivery(0, 0)
-        async with session.post(url + "/webhook/forgejo", data=body, headers=headers) as resp:
-            if resp.status in (404, 405):
-                return None
-        latencies: list[float] = []
-
-        async def sender(app: int) -> None:
-            for n in range(per_sender):
-                body, headers = push_delivery(app, n)
-                started = time.perf_counter()
-                async with session.post(url + "/webhook/forgejo", data=body, headers=headers) as r:
-                    answer = await r.read()
-                    if r.status not in (200, 202):
-                        raise SystemExit(f"webhook answered {r.status}: {answer[:300]!r}")
-                latencies.append((time.perf_counter() - started) * 1000)
-
-        await asyncio.gather(*(sender(i % APPS) for i in range(senders)))
-    latencies.sort()
-    return latencies[int(len(latencies) * 0.99) - 1]
-
-
 # --- the run ------------------------------------------------------------------------
 
 
@@ -399,13 +332,6 @@ def main() -> None:
         ours16, bare16 = compare(ours, bare, patch, 16, s, n)
         met = "yes" if ours16.p99_ms < 20 else "NO"
         row("durable PATCH p99, 16 clients", cell(ours16), cell(bare16), "–", "p99 < 20 ms", met)
-        ack = asyncio.run(webhook_ack_p99(ours.url, senders=20, per_sender=25))
-        if ack is None:
-            row("webhook ack p99, 20 concurrent senders", "not yet available (no "
-                "/webhook/forgejo)", "–", "–", "< 100 ms", "–")  # fmt: skip
-        else:
-            row("webhook ack p99, 20 concurrent senders", f"{ack:.1f} ms", "–", "–",
-                "< 100 ms", "yes" if ack < 100 else "NO")  # fmt: skip
     finally:
         if bare is not None:
             bare.stop()
