@@ -92,3 +92,9 @@ def iter_snapshots(
     cur = conn.execute(sql + " ORDER BY s.seq DESC", args)
     while row := cur.fetchone():
         yield row
+
+
+def stream_bodies(conn: sqlite3.Connection, stream: str) -> list[bytes]:
+    """Every body of one stream, in order."""
+    rows = conn.execute("SELECT body FROM events WHERE stream = ? ORDER BY version", (stream,))
+    return [body for (body,) in rows.fetchall()]

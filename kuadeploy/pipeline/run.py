@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from kuadeploy import GIT_SHA
 from kuadeploy import events as ev
 from kuadeploy.adapters import git
 from kuadeploy.adapters.docker import BuildFailed, EngineError
@@ -32,6 +33,7 @@ from kuadeploy.pipeline.globs import matching
 from kuadeploy.pipeline.secrets import SecretError, resolve_env
 from kuadeploy.pipeline.verify import VerifyFailed, verify_release
 from kuadeploy.projector import State
+from kuadeploy.selfdeploy.start import HandoffRefused, plan_handoff, wait_for_takeover
 from projections.deploys import DeployView
 from projections.runtime import Release, newest_first
 
@@ -78,6 +80,10 @@ class DeployRun:
         self.stream = f"deploy/{view.id}"
         self.stop_reason: str | None = None  # set by the runner before it cancels us
         self.switched = False
+        # self-deploy: from the hand-off record on, no user cancel; once the transient
+        # container runs, the outcome is the next instance's to record, not ours
+        self.in_handoff = False
+        self.handed_off = False
         self.step_name: str | None = None
         self.env: dict[str, str] | None = None
         self.work = ctx.data_dir / "work" / view.id
@@ -96,6 +102,8 @@ class DeployRun:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()  # we own this cancellation: finish the bookkeeping
+            if self.handed_off:
+                return  # stopped by the hand-off itself: the next instance records it
             await self._stopped()
         except StepError:
             pass  # recorded
@@ -117,7 +125,7 @@ class DeployRun:
             sha = await self._before_switch(self.step("fetch", self.fetch, self._t("fetch")))
             if sha is None:
                 return
-            if not self.request.force and self.previous and self.previous.sha == sha:
+            if not self.request.force and self._already_running(sha):
                 reason = f"{sha} is already the verified release; nothing to do"
                 await self.emit(ev.DeployCancelled(self.app, reason))
                 return
@@ -136,6 +144,9 @@ class DeployRun:
                 )
                 if done is None:
                     return
+        if entry.mode == "self":
+            await self.hand_off(sha, image_id)
+            return
         self.switched = True
         try:
             await self.step("recreate", lambda: self.recreate(sha, image_id), self._t("recreate"))
@@ -266,7 +277,7 @@ class DeployRun:
                     context,
                     tag=f"kua-{self.app}:{sha}",
                     dockerfile=entry.dockerfile,
-                    build_args={BUILD_ARG_SHA: sha},
+                    build_args={**entry.build_args, BUILD_ARG_SHA: sha},
                     labels=release_labels(self.app, sha, self.id),
                     on_log=on_log,
                 )
@@ -320,6 +331,50 @@ class DeployRun:
             self.entry.verify,
             self.ctx.config.deploy.health_poll_s,
         )
+
+    async def hand_off(self, sha: str, image_id: str) -> None:
+        """Self-deploy: hand over to a transient container from the new image (see
+        kuadeploy/selfdeploy). This instance records only a failure to hand over."""
+        assert self.entry is not None
+        self.step_name = "recreate"
+        await self.emit(ev.StepStarted(self.app, "recreate"))
+        engine = self.engine()
+        try:
+            async with asyncio.timeout(self._t("recreate")):
+                handoff, body = await plan_handoff(
+                    engine, self.entry, self.app, self.id, sha, image_id
+                )
+        except (HandoffRefused, EngineError, TimeoutError) as exc:
+            await self._handoff_failed(str(exc) or repr(exc))
+            return
+        self.in_handoff = True
+        await self.emit(handoff)
+        start = asyncio.ensure_future(engine.create_and_start(handoff.transient, body))
+        try:
+            await asyncio.shield(start)
+        except asyncio.CancelledError:  # shutting down: did the transient start?
+            await asyncio.gather(start, return_exceptions=True)
+            self.handed_off = not start.cancelled() and start.exception() is None
+            raise
+        except EngineError as exc:
+            self.in_handoff = False
+            await self._handoff_failed(f"the hand-off container did not start: {exc}")
+            return
+        self.handed_off = True
+        log.info("deploy %s: handed over to %s", self.id, handoff.transient)
+        why = await wait_for_takeover(engine, handoff)
+        self.handed_off = self.in_handoff = False
+        await self._handoff_failed(why)
+
+    async def _handoff_failed(self, reason: str) -> None:
+        await self.emit(ev.StepFailed(self.app, "recreate", reason))
+        await self.emit(ev.DeployFailed(self.app, reason, "recreate"))
+
+    def _already_running(self, sha: str) -> bool:
+        if self.previous is not None and self.previous.sha == sha:
+            return True
+        # kuadeploy itself: the SHA baked into this very process is running
+        return self.entry is not None and self.entry.mode == "self" and sha == GIT_SHA
 
     async def rollback(self, why: str, terminal: bool = True) -> None:
         prev = self.previous
