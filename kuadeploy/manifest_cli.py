@@ -88,11 +88,15 @@ def cmd_import_manifest(args: argparse.Namespace) -> int:
     try:
         if not url or not token:
             raise ImportFailed("a running server is needed: --url and --token (KUA_URL, KUA_TOKEN)")
+        importer = importer_values(args)
         if args.file:
-            raw = Path(args.file).read_bytes()
+            manifest = parse_manifest(Path(args.file).read_bytes())
         else:
-            raw = read_from_repo(args.repo, args.branch or DEFAULT_BRANCH)
-        name, entry = manifest_to_entry(parse_manifest(raw), importer_values(args))
+            branch = args.branch or DEFAULT_BRANCH
+            manifest = parse_manifest(read_from_repo(args.repo, branch))
+            if "branch" not in manifest:  # deploy the branch the manifest came from
+                importer.setdefault("branch", branch)
+        name, entry = manifest_to_entry(manifest, importer)
         answer = put(url, token, args.name or name, entry, args.replace, args.dry_run)
     except (ImportFailed, ManifestError, OSError) as exc:
         print(f"kuadeploy: import-manifest: {exc}", file=sys.stderr)

@@ -243,3 +243,49 @@ def test_self_deploy_transient_container_runs_once_and_removes_itself() -> None:
     assert f"{'f00d' * 16}:/app/data" in host["Binds"]
     assert "KUA_CONFIG=/app/kuadeploy.toml" in body["Env"]
     assert body["Healthcheck"] == {"Test": ["NONE"]}
+
+
+# --- the pipeline around it (in-process service, real engine) --------------------------
+
+
+async def test_self_deploy_outside_a_container_is_refused_before_anything_changes(
+    tmp_path, docker_a, sample_app
+) -> None:
+    """A self-deploy replaces the container kuadeploy runs in; a server on the host has
+    none, so the deploy fails at recreate with the old release untouched."""
+    from tests.deploy_support import deploy, deploy_service, register, wait_status
+
+    async with deploy_service(tmp_path / "data", docker_a) as api:
+        await register(api, sample_app)
+        first = await wait_status(api, await deploy(api, sample_app.name))
+        assert first["status"] == "succeeded", first
+        status, body, _ = await api.call(
+            "PATCH", f"/api/v1/apps/{sample_app.name}", json={"mode": "self"}
+        )
+        assert status == 200, body
+        sample_app.healthy(note="next")
+        view = await wait_status(api, await deploy(api, sample_app.name))
+        assert view["status"] == "failed", view
+        recreate = view["steps"][-1]
+        assert recreate["name"] == "recreate" and recreate["status"] == "failed"
+        assert "does not run in a container" in recreate["detail"]["error"]
+        assert view["handoff"] is None  # refused before the hand-off record
+        _, rt, _ = await api.call("GET", f"/api/v1/apps/{sample_app.name}/runtime-status")
+        assert rt["release"]["sha"] == first["sha"] and rt["container"]["sha"] == first["sha"]
+        assert rt["drift"] is False
+
+
+def test_self_deploy_build_args_are_checked() -> None:
+    from kuadeploy.validation import validate_entry
+
+    base = {"server": "local", "repo": "https://x/y.git", "branch": "main"}
+    entry, problems = validate_entry({**base, "build_args": {"BASE_IMAGE": "b:1"}}, {"local"})
+    assert problems == [] and entry is not None and entry.build_args == {"BASE_IMAGE": "b:1"}
+    _, problems = validate_entry(
+        {**base, "build_args": {"GIT_SHA": "x", "1bad": "y", "N": 3}}, {"local"}
+    )
+    assert {p.path for p in problems} == {
+        "$.build_args.GIT_SHA",
+        "$.build_args.1bad",
+        "$.build_args[...]",  # msgspec names no key for a value of the wrong type
+    }, problems
