@@ -124,6 +124,11 @@ class Orchestrator:
         )
         config.chmod(0o644)
         sock = engine.removeprefix("unix://")
+        # Run by a name of its own, as compose's `kuadeploy:latest`: a self-deploy
+        # moves that name to the release it verified.
+        self.image_ref = f"{self.name}:current"
+        docker(engine, "tag", image, self.image_ref)
+        self.image_a = self.image_id()
         docker(
             engine,
             "run",
@@ -150,9 +155,14 @@ class Orchestrator:
             f"{config}:/app/kuadeploy.toml:ro",
             "-v",
             f"{source.bare}:{REPO_IN_CONTAINER}:ro",
-            image,
+            self.image_ref,
         )
         self.health = wait_healthz(engine, self.name, self.port)
+
+    def image_id(self) -> str:
+        return docker(
+            self.engine, "image", "inspect", "-f", "{{.Id}}", self.image_ref
+        ).stdout.strip()
 
     def call(self, method: str, path: str, body: object = None) -> tuple[int, dict]:
         return http(method, self.url + path, TOKEN, body)
@@ -225,6 +235,7 @@ class Orchestrator:
         if found:
             docker(self.engine, "rm", "-f", *found, check=False)
         docker(self.engine, "volume", "rm", "-f", self.volume, check=False)
+        docker(self.engine, "rmi", self.image_ref, check=False)
 
 
 @pytest.fixture
@@ -296,6 +307,8 @@ def test_self_deploy_a_to_b_success_recorded_by_the_new_instance(
     stream = _stream(after, deploy_id)
     types = [e["type"] for e in stream]
     assert types.count("DeploySucceeded") == 1 and types[-1] == "DeploySucceeded", types
+    # A, stopped by the hand-off, recorded neither an interruption nor a cancel.
+    assert not {"DeployInterrupted", "DeployCancelled", "DeployFailed"} & set(types), types
     handoff = next(e for e in stream if e["type"] == "SelfHandoffStarted")
     assert handoff["data"]["previous_sha"] == source.a and handoff["data"]["sha"] == source.b
     # Appended by the B instance: with the verify step that B recorded about itself,
@@ -312,6 +325,7 @@ def test_self_deploy_a_to_b_success_recorded_by_the_new_instance(
     _transients_gone(kua.engine)
     leftovers = docker(kua.engine, "ps", "-aq", "--filter", f"name=^{kua.name}-").stdout.split()
     assert not leftovers, "the old container was not removed"
+    assert kua.image_id() == new["Image"]  # the name it was started by is B now
     status, runtime = kua.call("GET", "/api/v1/apps/kuadeploy/runtime-status")
     assert status == 200 and runtime["release"]["sha"] == source.b, runtime
     assert runtime["drift"] is False, runtime
@@ -352,5 +366,6 @@ def test_self_deploy_to_a_server_that_cannot_start_restores_a(
     _transients_gone(kua.engine)
     leftovers = docker(kua.engine, "ps", "-aq", "--filter", f"name=^{kua.name}-").stdout.split()
     assert not leftovers, "a container of B' was left"
+    assert kua.image_id() == kua.image_a
     status, runtime = kua.call("GET", "/api/v1/apps/kuadeploy/runtime-status")
     assert status == 200 and runtime["release"]["sha"] == source.a, runtime

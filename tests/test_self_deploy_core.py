@@ -9,7 +9,7 @@ import pytest
 from kuadeploy import events as ev
 from kuadeploy.selfdeploy.decide import Instance, handoff_of, resolve
 from kuadeploy.selfdeploy.instance import container_id_in
-from kuadeploy.selfdeploy.spec import recreate_body, transient_body
+from kuadeploy.selfdeploy.spec import image_reference, recreate_body, transient_body
 from projections.deploys import fold_deploy
 from projections.runtime import Runtime, fold_runtime
 
@@ -243,6 +243,21 @@ def test_self_deploy_transient_container_runs_once_and_removes_itself() -> None:
     assert f"{'f00d' * 16}:/app/data" in host["Binds"]
     assert "KUA_CONFIG=/app/kuadeploy.toml" in body["Env"]
     assert body["Healthcheck"] == {"Test": ["NONE"]}
+
+
+@pytest.mark.parametrize(
+    ("image", "ref"),
+    [
+        ("kuadeploy:latest", ("kuadeploy", "latest")),
+        ("kuadeploy", ("kuadeploy", "latest")),
+        ("registry.local:5000/infra/kuadeploy", ("registry.local:5000/infra/kuadeploy", "latest")),
+        ("registry.local:5000/kuadeploy:v2", ("registry.local:5000/kuadeploy", "v2")),
+        (IMG_A, None),
+        ("kuadeploy@sha256:" + "1" * 64, None),
+    ],
+)
+def test_self_deploy_moves_the_image_name_the_container_was_made_from(image, ref) -> None:
+    assert image_reference({"Config": {"Image": image}}) == ref
 
 
 # --- the pipeline around it (in-process service, real engine) --------------------------

@@ -148,3 +148,15 @@ def transient_body(
         PublishAllPorts=False,
     )
     return body
+
+
+def image_reference(container: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(repository, tag) the container was created from, when it names one rather
+    than an image ID: `kuadeploy:latest` in docker-compose.yml, say."""
+    ref = str(_config(container).get("Image") or "")
+    if not ref or ref.startswith("sha256:") or "@" in ref:
+        return None
+    repo, sep, tag = ref.rpartition(":")
+    if not sep or "/" in tag:  # no tag, or the colon was a registry's port
+        return ref, "latest"
+    return repo, tag

@@ -50,6 +50,11 @@ async def plan_handoff(
             f"kuadeploy does not run in a container on server {entry.server}'s engine; "
             "a self deploy replaces the container it runs in"
         )
+    if (container.get("HostConfig") or {}).get("AutoRemove"):
+        raise HandoffRefused(
+            "kuadeploy's container was started with --rm: stopping it would remove it, "
+            "and with it the way back; run it without --rm (as docker-compose.yml does)"
+        )
     new_image = await engine.inspect_image(image_id)
     if new_image is None:
         raise HandoffRefused(f"the new image {image_id[:19]} is gone")

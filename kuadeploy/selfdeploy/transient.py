@@ -10,7 +10,8 @@ afterwards records the outcome.
 3. verify it (running, the recorded image, `/healthz` reporting the target SHA,
    stable) — the new instance records its success before it serves, so a
    verified new instance has recorded it;
-4. on success remove the old container (never its volumes); otherwise stop the
+4. on success point the old container's image name (`kuadeploy:latest`) at the new
+   image and remove the old container (never its volumes); otherwise stop the
    new one and, unless the ledger shows that it recorded its success after all,
    remove it and start the old container again as it was.
 
@@ -37,7 +38,7 @@ from kuadeploy.pipeline.engines import EnginePool
 from kuadeploy.pipeline.verify import VerifyFailed, verify_release
 from kuadeploy.selfdeploy.decide import handoff_of
 from kuadeploy.selfdeploy.report import write_report
-from kuadeploy.selfdeploy.spec import recreate_body
+from kuadeploy.selfdeploy.spec import image_reference, recreate_body
 from projections.deploys import ACTIVE, DeployView, fold_deploy
 
 log = logging.getLogger("kuadeploy.self-handoff")
@@ -111,6 +112,7 @@ class Handoff:
         except (EngineError, VerifyFailed) as exc:
             return await self.restore(str(exc))
         self.say("the new release took over", sha=h.sha)
+        await self._retag(old)
         await self._remove_aside()
         return 0
 
@@ -136,6 +138,17 @@ class Handoff:
         self.say("the previous release is back", sha=h.previous_sha)
         await self._await_previous()
         return 1
+
+    async def _retag(self, old: dict) -> None:
+        """The image name the old container was created from now names the new
+        release, so `docker-compose up` (which compares image IDs) keeps it."""
+        ref = image_reference(old)
+        if ref is None:
+            return
+        try:
+            await self.engine.tag_image(self.h.image_id, *ref)
+        except EngineError as exc:
+            self.say("could not tag the new image", ref=":".join(ref), error=str(exc))
 
     def _report(self, why: str) -> None:
         """Why the new release did not take over, for the restored instance to record
