@@ -125,9 +125,9 @@ class DeployRun:
             sha = await self._before_switch(self.step("fetch", self.fetch, self._t("fetch")))
             if sha is None:
                 return
-            if not self.request.force and self._already_running(sha):
-                reason = f"{sha} is already the verified release; nothing to do"
-                await self.emit(ev.DeployCancelled(self.app, reason))
+            noop = None if self.request.force else self._noop(sha)
+            if noop is not None:
+                await self.emit(ev.DeployCancelled(self.app, noop))
                 return
             touched = await self._before_switch(self.gate(sha))
             if touched is None:
@@ -370,11 +370,13 @@ class DeployRun:
         await self.emit(ev.StepFailed(self.app, "recreate", reason))
         await self.emit(ev.DeployFailed(self.app, reason, "recreate"))
 
-    def _already_running(self, sha: str) -> bool:
+    def _noop(self, sha: str) -> str | None:
+        """Why deploying `sha` would change nothing, if it would not."""
         if self.previous is not None and self.previous.sha == sha:
-            return True
-        # kuadeploy itself: the SHA baked into this very process is running
-        return self.entry is not None and self.entry.mode == "self" and sha == GIT_SHA
+            return f"{sha} is already the verified release; nothing to do"
+        if self.entry is not None and self.entry.mode == "self" and sha == GIT_SHA:
+            return f"kuadeploy already runs {sha}; nothing to do"
+        return None
 
     async def rollback(self, why: str, terminal: bool = True) -> None:
         prev = self.previous
