@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from contextlib import closing
@@ -11,15 +12,19 @@ from pathlib import Path
 
 import msgspec
 
-from kuadeploy import __version__, manifest_cli
+from kuadeploy import __version__, historyview, manifest_cli
+from kuadeploy import events as ev
+from kuadeploy.client import Client, ClientError
 from kuadeploy.config import Config, ConfigError, load_config
 from kuadeploy.export import AtError, export_at, resolve_at
+from kuadeploy.follow import follow
 from kuadeploy.ledger import GENESIS, SchemaError, reading
 from kuadeploy.ledger.store import utc_now
 from kuadeploy.ledger.verify import load_trusted, save_trusted, verify_ledger
 from kuadeploy.rebuild import rebuild_and_compare
 from kuadeploy.service import StartupError
 from kuadeploy.tokens import add_token
+from projections.history import Change, fold_history
 
 
 class CliError(Exception):
@@ -68,13 +73,71 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _client(args: argparse.Namespace) -> Client | None:
+    """A client of a running server when a URL is given (--url, else KUA_URL unless
+    --data-dir or --config ask for the offline command)."""
+    url = args.url
+    offline = getattr(args, "data_dir", None) or getattr(args, "config", None)
+    if url is None and not offline:
+        url = os.environ.get("KUA_URL")
+    if not url:
+        return None
+    return Client(url, args.token or os.environ.get("KUA_TOKEN"))
+
+
+def _print_json(doc: object) -> None:
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(doc), indent=2).decode() + "\n")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if client is not None:
+        _print_json(client.export(args.at))
+        return 0
     config = _offline_config(args)
     with closing(reading.open_readonly(config.ledger_path)) as conn:
         seq = resolve_at(conn, args.at, utc_now()) if args.at else reading.read_head(conn).seq
         doc = export_at(conn, seq)
-    sys.stdout.write(msgspec.json.format(msgspec.json.encode(doc), indent=2).decode() + "\n")
+    _print_json(doc)
     return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if client is not None:
+        doc = client.history(args.app)
+    else:
+        config = _offline_config(args)
+        changes: list[Change] = []
+        with closing(reading.open_readonly(config.ledger_path)) as conn:
+            for body in reading.iter_stream_bodies(conn, f"app/{args.app}"):
+                fold_history(changes, ev.decode(body))
+        if not changes:
+            raise CliError(f"app {args.app!r} has no history")
+        doc = {"app": args.app, "changes": msgspec.to_builtins(changes)}
+    if args.json:
+        _print_json(doc)
+    else:
+        sys.stdout.write(historyview.render(doc["changes"]))
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if client is None:
+        raise CliError("deploy needs a running server: pass --url (or set KUA_URL)")
+    body: dict = {"force": args.force}
+    if args.sha:
+        body["sha"] = args.sha
+    answer = client.deploy(args.app, body)
+    deploy_id = answer["deploy_id"]
+    if answer.get("noop"):
+        print(f"nothing to do: {answer['reason']} (deploy {deploy_id})")
+    else:
+        print(f"deploy {deploy_id} queued")
+    if not args.follow:
+        return 0
+    return follow(client, deploy_id)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -144,9 +207,27 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild = sub.add_parser("rebuild", parents=[offline], help="refold and compare projections")
     rebuild.set_defaults(func=cmd_rebuild)
 
-    export = sub.add_parser("export", parents=[offline], help="the registry as JSON")
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8080 ($KUA_URL)")
+    client.add_argument("--token", help="bearer token for --url (default: $KUA_TOKEN)")
+
+    export = sub.add_parser("export", parents=[offline, client], help="the registry as JSON")
     export.add_argument("--at", help="a seq or an RFC 3339 time (default: the head)")
     export.set_defaults(func=cmd_export)
+
+    deploy = sub.add_parser("deploy", parents=[client], help="deploy an app (the release command)")
+    deploy.add_argument("app")
+    deploy.add_argument("--sha", help="the commit to deploy (default: the branch head)")
+    deploy.add_argument("--force", action="store_true", help="even if already deployed")
+    deploy.add_argument(
+        "--follow", action="store_true", help="watch it live; exit 0 only on a verified success"
+    )
+    deploy.set_defaults(func=cmd_deploy)
+
+    history = sub.add_parser("history", parents=[offline, client], help="every change of an app")
+    history.add_argument("app")
+    history.add_argument("--json", action="store_true", help="print the raw JSON")
+    history.set_defaults(func=cmd_history)
     return parser
 
 
@@ -154,6 +235,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CliError, ConfigError, SchemaError, AtError) as exc:
+    except (CliError, ClientError, ConfigError, SchemaError, AtError) as exc:
         print(f"kuadeploy: {exc}", file=sys.stderr)
         return 2

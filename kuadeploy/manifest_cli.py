@@ -2,7 +2,8 @@
 
 The CLI, not the server, reads the manifest (registering never contacts a
 repository: DESIGN §5), then PUTs the entry to a running server as any admin
-client would — create-only unless --replace, a diff only with --dry-run.
+client would (kuadeploy.client) — create-only unless --replace, a diff only with
+--dry-run.
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ import json
 import os
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from kuadeploy.adapters import git
+from kuadeploy.client import Client, ClientError
 from kuadeploy.manifest import MANIFEST_FILE, ManifestError, manifest_to_entry, parse_manifest
 
 DEFAULT_BRANCH = "main"
@@ -55,39 +55,23 @@ def importer_values(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def put(url: str, token: str, app: str, entry: dict, replace: bool, dry_run: bool) -> Any:
-    target = f"{url.rstrip('/')}/api/v1/apps/{quote(app, safe='')}"
-    if dry_run:
-        target += "?dry_run=1"
-    req = urllib.request.Request(target, data=json.dumps(entry).encode(), method="PUT")
-    req.add_header("Content-Type", "application/json")
-    req.add_header("Authorization", f"Bearer {token}")
-    if not replace:
-        req.add_header("If-None-Match", "*")
+def put(client: Client, app: str, entry: dict, replace: bool, dry_run: bool) -> Any:
+    path = f"/api/v1/apps/{quote(app, safe='')}" + ("?dry_run=1" if dry_run else "")
+    headers = {} if replace else {"If-None-Match": "*"}
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            problem = json.loads(exc.read())
-        except ValueError:
-            problem = {}
-        detail = problem.get("detail") or exc.reason
-        if exc.code == 412:
-            detail += " (already registered: --replace to overwrite)"
-        for e in problem.get("errors", []):
-            detail += f"; {e.get('path')}: {e.get('message')}"
-        raise ImportFailed(f"HTTP {exc.code}: {detail}") from None
-    except urllib.error.URLError as exc:
-        raise ImportFailed(f"cannot reach {url}: {exc.reason}") from None
+        return client.request("PUT", path, entry, headers)
+    except ClientError as exc:
+        hint = " (already registered: --replace to overwrite)" if "(HTTP 412)" in str(exc) else ""
+        raise ImportFailed(f"{exc}{hint}") from None
 
 
 def cmd_import_manifest(args: argparse.Namespace) -> int:
     url = args.url or os.environ.get("KUA_URL")
     token = args.token or os.environ.get("KUA_TOKEN")
     try:
-        if not url or not token:
+        if not url:
             raise ImportFailed("a running server is needed: --url and --token (KUA_URL, KUA_TOKEN)")
+        client = Client(url, token)
         importer = importer_values(args)
         if args.file:
             manifest = parse_manifest(Path(args.file).read_bytes())
@@ -97,8 +81,8 @@ def cmd_import_manifest(args: argparse.Namespace) -> int:
             if "branch" not in manifest:  # deploy the branch the manifest came from
                 importer.setdefault("branch", branch)
         name, entry = manifest_to_entry(manifest, importer)
-        answer = put(url, token, args.name or name, entry, args.replace, args.dry_run)
-    except (ImportFailed, ManifestError, OSError) as exc:
+        answer = put(client, args.name or name, entry, args.replace, args.dry_run)
+    except (ImportFailed, ManifestError, ClientError, OSError) as exc:
         print(f"kuadeploy: import-manifest: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(answer, indent=2, sort_keys=True))

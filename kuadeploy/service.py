@@ -33,6 +33,7 @@ from kuadeploy.pipeline.engines import EnginePool
 from kuadeploy.pipeline.run import Context
 from kuadeploy.pipeline.runner import DeployRunner
 from kuadeploy.projector import Projector, load_state
+from kuadeploy.sinks.git import GitSink
 from kuadeploy.tokens import TokenBook, add_token, read_token_file
 from projections.deploys import DeployView, fold_deploy
 from projections.history import Change, fold_history
@@ -62,6 +63,7 @@ class Service:
         self._health: dict[str, Any] = {}
         context = Context(ledger, lambda: projector.state, config, self.engines, self.notifier)
         self.runner = DeployRunner(context)
+        self.sinks: list[GitSink] = []
 
     @classmethod
     async def open(cls, config: Config) -> Service:
@@ -81,6 +83,7 @@ class Service:
             await service._import_legacy()
             service._bootstrap_admin_token()
             await service.runner.start()
+            service._start_sinks()
         except BaseException:
             await ledger.close()
             os.close(lock_fd)
@@ -90,7 +93,9 @@ class Service:
     async def close(self) -> None:
         await self.runner.close()
         await self.engines.close()
-        await self.ledger.close()
+        await self.ledger.close()  # before the sinks: its last batches still reach them
+        for sink in self.sinks:
+            await sink.close()
         os.close(self._lock_fd)
 
     def health_details(self) -> dict[str, Any]:
@@ -99,6 +104,9 @@ class Service:
 
     def report_health(self, key: str, value: Any) -> None:
         self._health[key] = value
+
+    def sink_failures(self) -> int:
+        return sum(sink.failures for sink in self.sinks)
 
     @property
     def registry(self):
@@ -126,6 +134,20 @@ class Service:
             return
         self.bootstrap_token = add_token(self.config.data_dir, "admin", "admin")
         self.tokens = TokenBook(self.config)
+
+    def _start_sinks(self) -> None:
+        """Mirrors of the registry, fed after each commit; never in the way of appends."""
+        git = self.config.export.git
+        if git is not None:
+            sink = GitSink(git, self.ledger, self.config.data_dir, self._sink_reporter("git"))
+            self.sinks.append(sink)
+            sink.start()
+
+    def _sink_reporter(self, name: str):
+        def report(status: dict[str, Any]) -> None:
+            self.report_health("sinks", {**self._health.get("sinks", {}), name: status})
+
+        return report
 
     # --- registry -------------------------------------------------------------------
 

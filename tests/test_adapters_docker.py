@@ -197,11 +197,14 @@ async def test_tag_list_and_remove_images(
     await engine_a.tag_image(first, f"kua/{sample_app.name}", "previous")
 
     listed = await engine_a.list_images({"kua.app": sample_app.name})
-    assert [i.id for i in listed] == [second, first]  # newest first
-    assert f"kua/{sample_app.name}:previous" in listed[1].tags
-    assert listed[0].labels["kua.sha"] == second_sha
+    # newest first; two builds within one second share a creation time
+    assert {i.id for i in listed} == {second, first}
+    assert [i.created for i in listed] == sorted((i.created for i in listed), reverse=True)
+    by_id = {i.id: i for i in listed}
+    assert f"kua/{sample_app.name}:previous" in by_id[first].tags
+    assert by_id[second].labels["kua.sha"] == second_sha
     assert await engine_a.list_images({"kua.app": sample_app.name, "kua.sha": second_sha}) == [
-        listed[0]
+        by_id[second]
     ]
 
     await start(engine_a, sample_app, first, sample_app.initial)

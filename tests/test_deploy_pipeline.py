@@ -334,3 +334,62 @@ async def test_a_missing_secret_fails_at_fetch(tmp_path, docker_a, sample_app):
         view = await wait_status(api, await deploy(api, sample_app.name))
         assert view["status"] == "failed" and step_names(view) == [("fetch", "failed")]
         assert "secret 'nope' not found" in view["reason"]
+
+
+async def run_cli_async(*args: str) -> tuple[int, str, str]:
+    """The CLI as a subprocess, without blocking the in-process server's loop."""
+    import asyncio
+    import os
+    import sys
+
+    from tests.support import ROOT
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kuadeploy", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_cli_deploy_follow_shows_steps_and_exits_by_the_verdict(api, sample_app):
+    await register(api, sample_app)
+    client = ("--url", api.base, "--token", "t-deployer")
+    rc, out, err = await run_cli_async("deploy", sample_app.name, "--follow", *client)
+    assert rc == 0, out + err
+    lines = out.splitlines()
+    assert lines[0].endswith("queued")
+    assert any("build" in line and " ok " in line for line in lines)
+    assert any("verify" in line and " ok" in line for line in lines)
+    assert lines[-1].endswith(": succeeded")
+    assert all(line.startswith("[") for line in lines[1:-1])
+
+    sample_app.broken_dockerfile()
+    rc, out, _ = await run_cli_async("deploy", sample_app.name, "--follow", *client)
+    assert rc == 1 and "FAILED" in out and ": failed" in out.splitlines()[-1]
+
+    rc, out, err = await run_cli_async("deploy", sample_app.name, *client[:2], "--token", "bad")
+    assert rc == 2 and err.startswith("kuadeploy: unauthorized")
+
+
+async def test_cancel_during_verify_restores_the_previous_release(api, sample_app, docker_a):
+    import asyncio
+
+    await register(api, sample_app)
+    good = await deployed(api, sample_app)
+    entry = sample_app.entry("a")
+    entry["verify"]["stable_s"] = 4  # the window the cancel lands in (rollback waits it too)
+    await api.call("PUT", f"/api/v1/apps/{sample_app.name}", json=entry)
+    sample_app.healthy(note="never verified")
+    deploy_id = await deploy(api, sample_app.name)
+    while ("verify", "running") not in step_names(
+        (await api.call("GET", f"/api/v1/deploys/{deploy_id}"))[1]
+    ):
+        await asyncio.sleep(0.1)
+    status, view, _ = await api.call("POST", f"/api/v1/deploys/{deploy_id}/cancel", role="deployer")
+    assert status == 200 and view["status"] == "cancelled", view
+    assert ("rollback", "succeeded") in step_names(view)
+    assert container_labels(docker_a, sample_app.name)["kua.sha"] == good["sha"]
+    _, rt, _ = await api.call("GET", f"/api/v1/apps/{sample_app.name}/runtime-status")
+    assert rt["release"]["sha"] == good["sha"] and rt["drift"] is False

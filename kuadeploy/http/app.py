@@ -85,6 +85,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
 async def metrics_handler(request: web.Request) -> web.Response:
     metrics, svc = request.app[METRICS], request.app[SERVICE]
     metrics.head_seq.set(svc.ledger.head.seq)
+    metrics.count_sink_failures(svc.sink_failures())
     if svc.last_verify is not None:
         metrics.verify_ok.set(1 if svc.last_verify.ok else 0)
     return web.Response(body=metrics.render(), headers={"Content-Type": metrics.content_type})

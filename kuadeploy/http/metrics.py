@@ -50,9 +50,16 @@ class Metrics:
             "Failed writes to the git export sink",
             registry=self.registry,
         )
+        self._sink_failures_seen = 0
 
     def observe_batch(self, size: int) -> None:
         self.batch_size.observe(size)
+
+    def count_sink_failures(self, total: int) -> None:
+        """Sinks count their own failures (some before this app exists): catch up."""
+        if total > self._sink_failures_seen:
+            self.sink_failures.inc(total - self._sink_failures_seen)
+            self._sink_failures_seen = total
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

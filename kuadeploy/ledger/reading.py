@@ -94,7 +94,21 @@ def iter_snapshots(
         yield row
 
 
-def stream_bodies(conn: sqlite3.Connection, stream: str) -> list[bytes]:
-    """Every body of one stream, in order."""
-    rows = conn.execute("SELECT body FROM events WHERE stream = ? ORDER BY version", (stream,))
-    return [body for (body,) in rows.fetchall()]
+def iter_events_of(
+    conn: sqlite3.Connection, after: int, until: int, types: Sequence[str]
+) -> Iterator[tuple[int, bytes, bytes]]:
+    """(seq, body, hash) of events of `types` with after < seq <= until, in seq order."""
+    sql = (
+        "SELECT seq, body, hash FROM events WHERE seq > ? AND seq <= ? "
+        f"AND type IN ({','.join('?' * len(types))}) ORDER BY seq"
+    )
+    cur = conn.execute(sql, [after, until, *types])
+    while rows := cur.fetchmany(_FETCH):
+        yield from rows
+
+
+def iter_stream_bodies(conn: sqlite3.Connection, stream: str) -> Iterator[bytes]:
+    cur = conn.execute("SELECT body FROM events WHERE stream = ? ORDER BY version", (stream,))
+    while rows := cur.fetchmany(_FETCH):
+        for (body,) in rows:
+            yield body

@@ -212,12 +212,17 @@ class Ledger:
             if batch:
                 try:
                     await self._commit(batch)
-                except BaseException as exc:  # keep the writer alive for the next batch
+                except Exception as exc:  # keep the writer alive for the next batch
                     log.exception("ledger write failed")
                     for req in batch:
                         if not req.future.done():
                             req.future.set_exception(exc)
                     self._reload()
+                except BaseException:  # cancelled: nobody may wait forever
+                    for req in batch:
+                        if not req.future.done():
+                            req.future.set_exception(LedgerClosed("ledger writer stopped"))
+                    raise
             for snap in snapshots:
                 try:
                     await self._run(_insert_snapshot, snap)

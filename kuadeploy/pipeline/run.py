@@ -172,13 +172,15 @@ class DeployRun:
 
     async def _stopped(self) -> None:
         reason = self.stop_reason or "cancelled"
-        if self.switched:
-            await self.rollback(f"{reason} during {self.step_name}", terminal=False)
         if reason == "shutdown":
+            # Stopping must be quick: no rollback now. Like a crash, the restart shows
+            # the interruption, and runtime-status the drift if the switch had begun.
             detail = f"kuadeploy stopped during {self.step_name or 'start'}"
             await self.emit(ev.DeployInterrupted(self.app, detail))
-        else:
-            await self.emit(ev.DeployCancelled(self.app, f"{reason} during {self.step_name}"))
+            return
+        if self.switched:
+            await self.rollback(f"{reason} during {self.step_name}")
+        await self.emit(ev.DeployCancelled(self.app, f"{reason} during {self.step_name}"))
 
     # --- steps --------------------------------------------------------------------------
 
@@ -378,7 +380,7 @@ class DeployRun:
             return f"kuadeploy already runs {sha}; nothing to do"
         return None
 
-    async def rollback(self, why: str, terminal: bool = True) -> None:
+    async def rollback(self, why: str) -> None:
         prev = self.previous
         await self.emit(
             ev.RollbackStarted(

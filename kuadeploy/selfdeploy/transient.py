@@ -49,7 +49,7 @@ NEW_STOP_TIMEOUT_S = 10
 def read_deploy(ledger_path: str, deploy_id: str) -> DeployView | None:
     view = None
     with closing(reading.open_readonly(ledger_path)) as conn:
-        for body in reading.stream_bodies(conn, f"deploy/{deploy_id}"):
+        for body in reading.iter_stream_bodies(conn, f"deploy/{deploy_id}"):
             view = fold_deploy(view, ev.decode(body))
     return view
 

@@ -1,0 +1,140 @@
+"""`kuadeploy history` and `kuadeploy export` as clients of a real server on 127.0.0.1
+(the CLI in a subprocess), and their offline twins on the same data dir."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import pytest
+
+from tests.api_support import TOKENS, entry_doc, make_config, running
+from tests.support import run_cli
+
+
+@pytest.fixture
+async def api(tmp_path):
+    async with running(make_config(tmp_path)) as client:
+        yield client
+
+
+async def cli(*args: str, env: dict | None = None):
+    # In a thread: the server answering it runs on this test's event loop.
+    return await asyncio.to_thread(run_cli, *args, env=env)
+
+
+async def remote(api, *args: str, role: str = "reader"):
+    return await cli(*args, "--url", api.base, "--token", TOKENS[role])
+
+
+async def script(api) -> None:
+    await api.call("PUT", "/api/v1/apps/web", json=entry_doc())
+    await api.call(
+        "PATCH", "/api/v1/apps/web", json={"branch": "dev", "container": {"env": {"A": "1"}}}
+    )
+    await api.call("DELETE", "/api/v1/apps/web")
+    await api.call("PUT", "/api/v1/apps/web", json=entry_doc("main", dockerfile="ops/Dockerfile"))
+    await api.call("PUT", "/api/v1/apps/api", json=entry_doc())
+
+
+async def test_history_table(api):
+    await script(api)
+    proc = await remote(api, "history", "web")
+    assert proc.returncode == 0, proc.stderr
+    header, *rows = proc.stdout.splitlines()
+    assert header.split() == ["SEQ", "TIME", "ACTOR", "TYPE", "CHANGE"]
+    assert len(rows) == 4
+    cells = [row.split(None, 5) for row in rows]
+    assert [c[0] for c in cells] == ["1", "2", "3", "4"]
+    assert {c[3] for c in cells} == {"admin"}
+    assert [c[4] for c in cells] == ["AppRegistered", "AppPatched", "AppRemoved", "AppRegistered"]
+    assert cells[0][5] == "created (server local, branch main)"
+    assert cells[1][5] == "/branch: main → dev, +/container/env/A"
+    assert cells[2][5] == "removed"
+    assert cells[3][5] == "created (server local, branch main)"
+    assert cells[0][1].count("-") == 2 and cells[0][2].endswith("Z")  # date, time
+
+
+async def test_history_json_is_the_api_document(api):
+    await script(api)
+    proc = await remote(api, "history", "web", "--json")
+    assert proc.returncode == 0, proc.stderr
+    _, body, _ = await api.call("GET", "/api/v1/apps/web/history", role="reader")
+    assert json.loads(proc.stdout) == body
+
+
+async def test_offline_history_prints_the_same(api, tmp_path):
+    await script(api)
+    online = await remote(api, "history", "web")
+    offline = await cli("history", "web", "--data-dir", str(tmp_path))
+    assert offline.returncode == 0, offline.stderr
+    assert offline.stdout == online.stdout
+
+
+async def test_export_at_head_seq_and_time(api):
+    await script(api)
+    proc = await remote(api, "export")
+    assert proc.returncode == 0, proc.stderr
+    _, head, _ = await api.call("GET", "/api/v1/registry/export", role="reader")
+    assert json.loads(proc.stdout) == head
+    assert sorted(head["apps"]) == ["api", "web"]
+    proc = await remote(api, "export", "--at", "2")
+    _, at2, _ = await api.call("GET", "/api/v1/registry/export?at=2", role="reader")
+    assert json.loads(proc.stdout) == at2 and at2["apps"]["web"]["branch"] == "dev"
+    when = at2["as_of"]["ts"]
+    proc = await remote(api, "export", "--at", when)
+    assert json.loads(proc.stdout)["as_of"]["seq"] == 2
+
+
+async def test_url_and_token_from_the_environment(api):
+    await script(api)
+    env = {"KUA_URL": api.base, "KUA_TOKEN": TOKENS["reader"]}
+    proc = await cli("export", "--at", "1", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert list(json.loads(proc.stdout)["apps"]) == ["web"]
+    proc = await cli("history", "api", env=env)
+    assert proc.returncode == 0 and "AppRegistered" in proc.stdout
+
+
+async def test_data_dir_keeps_export_offline_even_with_kua_url(api, tmp_path):
+    await script(api)
+    env = {"KUA_URL": "http://127.0.0.1:1", "KUA_TOKEN": "unused"}
+    proc = await cli("export", "--data-dir", str(tmp_path), "--at", "3", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["apps"] == {}
+
+
+async def test_errors_are_one_line_and_fail(api):
+    await script(api)
+    cases = [
+        (["history", "web", "--url", api.base, "--token", "wrong"], "unauthorized (check --token)"),
+        (["history", "web", "--url", api.base], "no token: pass --token or set KUA_TOKEN"),
+        (
+            ["history", "nope", "--url", api.base, "--token", TOKENS["reader"]],
+            "not found: app 'nope' has no history (HTTP 404)",
+        ),
+        (
+            ["export", "--at", "99", "--url", api.base, "--token", TOKENS["reader"]],
+            "invalid point in time: seq 99 is beyond the head of the ledger (5) (HTTP 422)",
+        ),
+        (["export", "--url", "127.0.0.1:8080", "--token", "t"], "must start with http://"),
+    ]
+    for args, message in cases:
+        proc = await cli(*args)
+        assert proc.returncode != 0, args
+        assert proc.stdout == ""
+        assert proc.stderr.startswith("kuadeploy: ") and message in proc.stderr, proc.stderr
+        assert proc.stderr.count("\n") == 1, proc.stderr
+
+
+async def test_connection_refused_says_so():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: refused
+        proc = await cli("export", "--url", f"http://127.0.0.1:{port}", "--token", "t")
+    assert proc.returncode != 0
+    assert proc.stderr == (
+        f"kuadeploy: cannot reach http://127.0.0.1:{port}: "
+        "connection refused (is the server running? check --url)\n"
+    )
