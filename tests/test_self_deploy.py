@@ -250,10 +250,20 @@ def orchestrator(
         kua.remove()
 
 
-def _deploy(kua: Orchestrator, sha: str) -> tuple[str, dict]:
-    status, body = kua.call("POST", "/api/v1/apps/kuadeploy/deploy", {"sha": sha})
-    assert status == 202, body
-    return body["deploy_id"], kua.wait_deploy(body["deploy_id"])
+def _deploy(kua: Orchestrator, sha: str) -> tuple[str, dict, subprocess.CompletedProcess]:
+    """`kuadeploy deploy kuadeploy --sha SHA --follow`: the release command, whose live
+    view goes on across the hand-off (the server it follows is replaced)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "kuadeploy", "deploy", "kuadeploy", "--sha", sha, "--follow"],
+        capture_output=True,
+        text=True,
+        timeout=DEPLOY_TIMEOUT_S,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "KUA_URL": kua.url, "KUA_TOKEN": TOKEN},
+    )
+    queued = next((x for x in proc.stdout.splitlines() if x.endswith(" queued")), None)
+    assert queued, f"no deploy queued:\n{proc.stdout}\n{proc.stderr}"
+    deploy_id = queued.split()[1]
+    return deploy_id, kua.wait_deploy(deploy_id), proc
 
 
 def _stream(events: list[dict], deploy_id: str) -> list[dict]:
@@ -281,9 +291,11 @@ def test_self_deploy_a_to_b_success_recorded_by_the_new_instance(
     before = kua.events()
     old = kua.inspect()
 
-    deploy_id, view = _deploy(kua, source.b)
+    deploy_id, view, cli = _deploy(kua, source.b)
 
     assert view["status"] == "succeeded", view
+    assert cli.returncode == 0, f"{cli.stdout}\n{cli.stderr}"
+    assert f"deploy {deploy_id}: succeeded" in cli.stdout
     health = wait_healthz(kua.engine, kua.name, kua.port)
     assert health["git_sha"] == source.b
     new = kua.inspect()
@@ -338,9 +350,11 @@ def test_self_deploy_to_a_server_that_cannot_start_restores_a(
     kua.register_from_manifest(source)
     old = kua.inspect()
 
-    deploy_id, view = _deploy(kua, source.broken)
+    deploy_id, view, cli = _deploy(kua, source.broken)
 
     assert view["status"] == "rolled_back", view
+    assert cli.returncode == 1, f"{cli.stdout}\n{cli.stderr}"
+    assert f"deploy {deploy_id}: rolled_back" in cli.stdout
     assert view["rolled_back_to"] == source.a
     health = wait_healthz(kua.engine, kua.name, kua.port)
     assert health["git_sha"] == source.a

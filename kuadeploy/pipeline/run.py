@@ -122,6 +122,10 @@ class DeployRun:
         if self.request.image_id is not None:  # a rollback request: a retained image
             sha, image_id = self.request.sha or "", self.request.image_id
         else:
+            if entry.mode == "self":
+                # No moment after a hand-off is ours to prune in (the new instance starts
+                # while the old container still exists): earlier releases go now.
+                await self.prune()
             sha = await self._before_switch(self.step("fetch", self.fetch, self._t("fetch")))
             if sha is None:
                 return
@@ -424,11 +428,15 @@ class DeployRun:
         keep = {r.image_id for r in newest_first(runtime)[: self.entry.keep_releases]}
         try:
             images = await self.engine().list_images({LABEL_APP: self.app})
-            for image in images:
-                if image.id not in keep:
-                    await self.engine().remove_image(image.id, force=False)
         except EngineError as exc:  # pruning is housekeeping: never fails a deploy
             log.warning("pruning images of %s: %s", self.app, exc)
+            return
+        for image in images:
+            if image.id not in keep:
+                try:
+                    await self.engine().remove_image(image.id, force=False)
+                except EngineError as exc:  # in use, say: the next prune tries again
+                    log.warning("pruning image %s of %s: %s", image.id[:19], self.app, exc)
 
     # --- helpers ------------------------------------------------------------------------
 
