@@ -103,7 +103,8 @@ def image_a(docker_a: str, source: Source, tmp_path_factory: pytest.TempPathFact
     tag = f"kuadeploy-selftest:{source.a[:12]}"
     print(build_image(docker_a, checkout, source.a, tag))
     yield tag
-    docker(docker_a, "rmi", "-f", tag, check=False)
+    built = docker(docker_a, "images", "-q", "--filter", "label=kua.app=kuadeploy").stdout.split()
+    docker(docker_a, "rmi", "-f", tag, *set(built), check=False)  # and what deploys built
 
 
 class Orchestrator:
