@@ -14,6 +14,7 @@ import msgspec
 
 from kuadeploy import __version__, historyview, manifest_cli
 from kuadeploy import events as ev
+from kuadeploy.audit import offline
 from kuadeploy.client import Client, ClientError
 from kuadeploy.config import Config, ConfigError, load_config
 from kuadeploy.export import AtError, export_at, resolve_at
@@ -41,13 +42,26 @@ def _offline_config(args: argparse.Namespace) -> Config:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     config = _offline_config(args)
     start = GENESIS if args.full else load_trusted(config.data_dir)
+    if bool(args.checkpoint) != bool(args.pubkey):
+        raise CliError("--checkpoint and --pubkey go together")
+    checkpoint = offline.read_checkpoint_file(args.checkpoint) if args.checkpoint else None
     with closing(reading.open_readonly(config.ledger_path)) as conn:
         result = verify_ledger(conn, start)
+        checked = None
+        if result.ok and checkpoint is not None:
+            checked = offline.check_checkpoint(conn, checkpoint, args.pubkey)
     if args.json:
-        print(msgspec.json.encode(result.to_json()).decode())
+        doc = result.to_json()
+        if checked is not None:
+            doc["checkpoint"] = checked.to_json()
+        print(msgspec.json.encode(doc).decode())
     if not result.ok:
         if not args.json:
             print(f"FAILED at seq {result.first_bad_seq}: {result.reason}")
+        return 1
+    if checked is not None and checked.problem is not None:
+        if not args.json:
+            print(f"FAILED: {checked.problem}")
         return 1
     save_trusted(config.data_dir, result.head)
     if not args.json:
@@ -56,7 +70,26 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             f"ok: {result.events} events verified {scope}; "
             f"head seq {result.head.seq} hash {result.head.hash.hex()}"
         )
+        if checked is not None:
+            print(f"ok: {checked.summary}")
     return 0
+
+
+def cmd_audit_pubkey(args: argparse.Namespace) -> int:
+    config = _offline_config(args)
+    print(offline.verifier_key(config))
+    return 0
+
+
+def cmd_audit_witness(args: argparse.Namespace) -> int:
+    token = args.token or os.environ.get("KUA_TOKEN")
+    if not args.url:
+        raise CliError("--url (or KUA_URL) is required")
+    code, message = offline.witness(args.url, Path(args.state), args.pubkey, token, utc_now())
+    if code == 2:
+        raise CliError(message)
+    print(message if code == 0 else f"FAILED: {message}")
+    return code
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
@@ -146,7 +179,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     setup_logging()
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, accept_ledger_rewind=args.accept_ledger_rewind))
     except StartupError as exc:
         print(f"kuadeploy: cannot start: {exc}", file=sys.stderr)
         return 2
@@ -181,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the service")
     serve.add_argument("--config", help="kuadeploy.toml (default: $KUA_CONFIG)")
+    serve.add_argument(
+        "--accept-ledger-rewind",
+        action="store_true",
+        help="start on a ledger shorter than or inconsistent with the last signed "
+        "checkpoint (recorded in the ledger)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     manifest_cli.add_parser(sub)
@@ -202,7 +241,17 @@ def build_parser() -> argparse.ArgumentParser:
     verify = audit.add_parser("verify", parents=[offline], help="verify the hash chain")
     verify.add_argument("--full", action="store_true", help="from event 1, not the last verified")
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    verify.add_argument("--checkpoint", help="also check against this signed checkpoint file")
+    verify.add_argument("--pubkey", help="the checkpoint's verifier key (C2SP vkey)")
     verify.set_defaults(func=cmd_audit_verify)
+    pubkey = audit.add_parser("pubkey", parents=[offline], help="the checkpoint verifier key")
+    pubkey.set_defaults(func=cmd_audit_pubkey)
+    witness = audit.add_parser("witness", help="check a server's checkpoints only grow")
+    witness.add_argument("--url", default=os.environ.get("KUA_URL"), help="default: $KUA_URL")
+    witness.add_argument("--state", required=True, help="file recording the last checkpoint")
+    witness.add_argument("--pubkey", help="verifier key (default: the one recorded in --state)")
+    witness.add_argument("--token", help="a reader token (default: $KUA_TOKEN)")
+    witness.set_defaults(func=cmd_audit_witness)
 
     rebuild = sub.add_parser("rebuild", parents=[offline], help="refold and compare projections")
     rebuild.set_defaults(func=cmd_rebuild)
@@ -235,6 +284,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CliError, ClientError, ConfigError, SchemaError, AtError) as exc:
+    except (
+        CliError,
+        ClientError,
+        ConfigError,
+        SchemaError,
+        AtError,
+        offline.CheckpointFileError,
+    ) as exc:
         print(f"kuadeploy: {exc}", file=sys.stderr)
         return 2

@@ -75,6 +75,11 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     legacy_registry: str | None = None
     snapshot_every: int = 4096
     sse_heartbeat_s: float = 15.0
+    # Signed checkpoints (kuadeploy/audit): at most one every interval under load.
+    checkpoint_interval_s: float = 1.0
+    checkpoint_mirror: str | None = None  # default DATA_DIR/checkpoints/latest
+    checkpoint_key: str | None = None  # signer key file; default DATA_DIR/keys/checkpoint.key
+    checkpoint_origin: str | None = None  # default: the key's name, kuadeploy/<hostname>
     servers: dict[str, ServerConfig] = {}
     tokens: list[TokenConfig] = []
     secrets: SecretsConfig = msgspec.field(default_factory=SecretsConfig)
@@ -86,6 +91,14 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     @property
     def ledger_path(self) -> str:
         return str(Path(self.data_dir) / "ledger.db")
+
+    @property
+    def checkpoint_mirror_path(self) -> Path:
+        return Path(self.checkpoint_mirror or Path(self.data_dir) / "checkpoints" / "latest")
+
+    @property
+    def checkpoint_key_path(self) -> Path:
+        return Path(self.checkpoint_key or Path(self.data_dir) / "keys" / "checkpoint.key")
 
 
 class ConfigError(Exception):

@@ -170,6 +170,60 @@ class SelfHandoffStarted(EventData, frozen=True):
     stop_timeout_s: int
 
 
+# --- webhooks (stream webhook/<delivery>): one event per verified delivery -------------
+# Unverified deliveries are never recorded (strangers must not be able to grow the
+# ledger); every verified one is, with what was done about it.
+
+
+class WebhookSkip(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
+    """Why (part of) a delivery was not acted on; `app` None: the whole delivery."""
+
+    reason: str
+    app: str | None = None
+    deploy_id: str | None = None  # the deploy that already covers this SHA, if any
+
+
+class WebhookDelivery(EventData, frozen=True):
+    delivery: str  # the forge's delivery UUID (also the stream name)
+    event: str  # X-Forgejo-Event / X-Gitea-Event: push, create, delete, release, …
+    forge: str  # forgejo | gitea: which header family carried the event
+    signed_with: str  # repo | default: which configured secret verified the signature
+    repo: str | None = None  # repository.full_name
+    ref: str | None = None
+    before: str | None = None
+    after: str | None = None
+    pusher: str | None = None
+    deploy_ids: list[str] = []
+    ignored: list[WebhookSkip] = []
+
+
+class WebhookReceived(WebhookDelivery, frozen=True):
+    """A verified delivery that requested at least one deploy (in the same append)."""
+
+
+class WebhookIgnored(WebhookDelivery, frozen=True):
+    """A verified delivery that requested nothing; `ignored` says why."""
+
+
+# --- audit (stream system) ---------------------------------------------------------
+
+
+class CheckpointOverridden(EventData, frozen=True):
+    """Start-up found the ledger shorter than, or inconsistent with, the last signed
+    checkpoint, or its hash chain broken, and an operator accepted it explicitly.
+    old_*: the refused checkpoint (None when its file could not be read as one);
+    new_*: the ledger as accepted, before this event. Roots are lowercase hex.
+    chain_breaks: the seqs of chain hash mismatches accepted here; later
+    start-ups accept the chain broken at exactly those seqs."""
+
+    reason: str
+    old_size: int | None
+    old_root: str | None
+    new_size: int
+    new_root: str
+    chain_breaks: list[int] = []
+
+
 class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="type", gc=False):
     """A stored event. `data` is narrowed to one payload type by each subclass."""
 
@@ -243,6 +297,9 @@ for _cls in (
     DeploySuperseded,
     DeployInterrupted,
     SelfHandoffStarted,
+    WebhookReceived,
+    WebhookIgnored,
+    CheckpointOverridden,
 ):
     register(_cls)
 

@@ -20,21 +20,22 @@ def canonical_time(text: str) -> str:
     try:
         when = datetime.fromisoformat(text.strip().replace("z", "Z"))
     except ValueError as exc:
-        raise AtError(f"not an RFC 3339 time: {text!r}") from exc
+        raise AtError(f"not an RFC 3339 time: {text[:60]!r}") from exc
     if when.tzinfo is None:
-        raise AtError(f"time {text!r} has no UTC offset (RFC 3339 needs one, e.g. Z)")
+        raise AtError(f"time {text[:60]!r} has no UTC offset (RFC 3339 needs one, e.g. Z)")
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def resolve_at(conn: sqlite3.Connection, at: str, now: str) -> int:
     """The seq that `at` (a seq number or an RFC 3339 time) names."""
     head = reading.read_head(conn).seq
-    if at.strip().isdigit():
-        seq = int(at)
+    text = at.strip()
+    if text.isascii() and text.isdigit():  # not "²": str.isdigit alone takes it, int() not
+        if len(text) > 19 or int(text) > head:
+            raise AtError(f"seq {text[:40]} is beyond the head of the ledger ({head})")
+        seq = int(text)
         if seq < 1:
             raise AtError("at must be a seq of 1 or more")
-        if seq > head:
-            raise AtError(f"seq {seq} is beyond the head of the ledger ({head})")
         return seq
     ts = canonical_time(at)
     first = reading.first_ts(conn)

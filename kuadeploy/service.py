@@ -17,6 +17,8 @@ import msgspec
 
 from kuadeploy.adapters.docker import EngineError
 from kuadeploy.adapters.docker_specs import LABEL_SHA
+from kuadeploy.audit.checkpointer import Checkpointer, CheckpointRefused
+from kuadeploy.audit.startup import LedgerRewound, open_checked
 from kuadeploy.commands import deploys as dep
 from kuadeploy.commands import registry as reg
 from kuadeploy.config import Config
@@ -64,22 +66,30 @@ class Service:
         context = Context(ledger, lambda: projector.state, config, self.engines, self.notifier)
         self.runner = DeployRunner(context)
         self.sinks: list[GitSink] = []
+        self.checkpointer: Checkpointer | None = None
 
     @classmethod
-    async def open(cls, config: Config) -> Service:
+    async def open(cls, config: Config, *, accept_ledger_rewind: bool = False) -> Service:
+        """Open the ledger after checking it against the last signed checkpoint (a
+        shorter or rewritten ledger is refused unless `accept_ledger_rewind`)."""
         data = Path(config.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         lock_fd = _lock_data_dir(data)
         try:
-            ledger = await Ledger.open(config.ledger_path)
+            audited = await open_checked(config, allow_rewind=accept_ledger_rewind)
+        except (LedgerRewound, CheckpointRefused) as exc:
+            os.close(lock_fd)
+            raise StartupError(str(exc)) from exc
         except BaseException:
             os.close(lock_fd)
             raise
+        ledger = audited.ledger
         try:
             state = await asyncio.to_thread(_load_state, config.ledger_path)
             projector = Projector(state, config.snapshot_every)
             projector.attach(ledger)
             service = cls(config, ledger, projector, lock_fd)
+            service.checkpointer = audited.checkpointer
             await service._import_legacy()
             service._bootstrap_admin_token()
             await service.runner.start()
@@ -100,7 +110,16 @@ class Service:
 
     def health_details(self) -> dict[str, Any]:
         """Extra `/healthz` fields: problems that do not stop the service (a failing sink…)."""
-        return dict(self._health)
+        details = dict(self._health)
+        cp = self.checkpointer
+        if cp is not None:
+            latest = cp.latest
+            details["checkpoint"] = {
+                "ok": cp.failure is None and cp.mirror_error is None,
+                "size": latest.size if latest else None,
+                "error": cp.failure or cp.mirror_error,
+            }
+        return details
 
     def report_health(self, key: str, value: Any) -> None:
         self._health[key] = value

@@ -67,20 +67,22 @@ def check_repo_path(path: str) -> str | None:
 
 
 def validate_entry(obj: Any, servers: set[str]) -> tuple[AppEntry | None, list[Problem]]:
-    problems = _check_struct(obj, AppEntry, "$")
+    try:  # one pass in C for the usual, valid entry; the field walk only to list problems
+        entry: AppEntry | None = msgspec.convert(obj, AppEntry)
+        problems = []
+    except msgspec.ValidationError:
+        entry, problems = None, _check_struct(obj, AppEntry, "$")
     if isinstance(obj, dict):
         problems += _check_semantics(obj, servers)
     if problems:
         return None, sorted(problems, key=lambda p: p.path)
-    return msgspec.convert(obj, AppEntry), []
+    return entry or msgspec.convert(obj, AppEntry), []
 
 
 def _check_struct(obj: Any, cls: type, path: str) -> list[Problem]:
     if not isinstance(obj, dict):
         return [Problem(path, f"expected an object, got {_json_type(obj)}")]
-    info = inspect.type_info(cls)
-    assert isinstance(info, inspect.StructType)
-    fields = {f.encode_name: f for f in info.fields}
+    fields = _fields(cls)
     problems = [Problem(f"{path}.{k}", "unknown field") for k in obj if k not in fields]
     for name, field in fields.items():
         here = f"{path}.{name}"
@@ -97,6 +99,13 @@ def _check_struct(obj: Any, cls: type, path: str) -> list[Problem]:
             message, _, where = str(exc).partition(" - at `$")
             problems.append(Problem(here + where.rstrip("`"), message))
     return problems
+
+
+@functools.cache
+def _fields(cls: type) -> dict[str, inspect.Field]:
+    info = inspect.type_info(cls)
+    assert isinstance(info, inspect.StructType)
+    return {f.encode_name: f for f in info.fields}
 
 
 @functools.cache

@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import random
 import sys
+from pathlib import Path
 
 from kuadeploy import events as ev
+from kuadeploy.audit.startup import open_checked
+from kuadeploy.config import Config
 from kuadeploy.ledger import ConflictError, Ledger, NewEvent, reading
 from kuadeploy.projector import Projector, load_state
 from tests.support import entry
@@ -53,7 +56,10 @@ async def worker(led: Ledger, k: int, seed: int) -> None:
 
 
 async def main(path: str, seed: int) -> None:
-    led = await Ledger.open(path)
+    # The service's start-up: the ledger checked against the mirrored checkpoint,
+    # then checkpoints signed every 50 ms while the workers append.
+    config = Config(data_dir=str(Path(path).parent), checkpoint_interval_s=0.05)
+    led = (await open_checked(config)).ledger
     state = load_state(reading.open_readonly(path))  # start-up: snapshot + tail
     projector = Projector(state, snapshot_every=7)
     projector.attach(led)

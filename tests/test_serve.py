@@ -105,3 +105,43 @@ def test_bad_config_is_a_one_line_error(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("kuadeploy:") and "listen" in proc.stderr
+
+
+def test_serve_refuses_a_rewound_ledger_and_accepts_it_when_told(tmp_path):
+    import sqlite3
+
+    port = free_port()
+    proc = start(tmp_path, port)
+    token = proc.stdout.readline().strip().rsplit(" ", 1)[-1]
+    for i in range(5):
+        entry = {"server": "local", "repo": "https://x/y.git", "branch": f"b{i}"}
+        request(port, "PUT", "/api/v1/apps/web", token, entry)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    conn = sqlite3.connect(tmp_path / "data" / "ledger.db", isolation_level=None)
+    conn.execute("DROP TRIGGER events_no_delete")
+    conn.execute("DELETE FROM events WHERE seq > 3")
+    conn.close()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KUA_LISTEN": f"127.0.0.1:{port}"}
+    refused = subprocess.run(
+        [sys.executable, "-m", "kuadeploy", "serve"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "cannot start" in refused.stderr and "--accept-ledger-rewind" in refused.stderr
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kuadeploy", "serve", "--accept-ledger-rewind"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                _status, body = request(port, "GET", "/api/v1/events?after=3", token)
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert [e["type"] for e in body["events"]] == ["CheckpointOverridden"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)

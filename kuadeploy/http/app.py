@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import logging
 import time
 
 from aiohttp import web
 
 from kuadeploy.errors import ApiError
+from kuadeploy.http import audit as audit_routes
 from kuadeploy.http import deploys as deploy_routes
 from kuadeploy.http import ledger as ledger_routes
+from kuadeploy.http import openapi as openapi_routes
 from kuadeploy.http import registry as registry_routes
+from kuadeploy.http import webhook as webhook_routes
+from kuadeploy.http.access import AccessLog
 from kuadeploy.http.common import PRINCIPAL, SERVICE, Handler, problem_response
 from kuadeploy.http.metrics import Metrics
 from kuadeploy.service import Service
 
-access_log = logging.getLogger("kuadeploy.access")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+ACCESS_LOG: web.AppKey[AccessLog] = web.AppKey("access_log", AccessLog)
 # The largest body any route takes (webhooks); each route checks its own limit.
 CLIENT_MAX_SIZE = 5 * 1024 * 1024 + 1
 
@@ -37,9 +40,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         elapsed = time.perf_counter() - started
         route = request.match_info.route.resource
         name = route.canonical if route is not None else "unmatched"
-        metrics = request.app[METRICS]
-        metrics.requests.labels(name, request.method, str(status)).inc()
-        metrics.latency.labels(name).observe(elapsed)
+        request.app[METRICS].observe_request(name, request.method, status, elapsed)
         who = request.get(PRINCIPAL)
         line = {
             "method": request.method,
@@ -48,7 +49,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             "ms": round(elapsed * 1000, 2),
             "actor": who.actor if who else None,
         }
-        access_log.info(line)
+        request.app[ACCESS_LOG].record(line)
 
 
 @web.middleware
@@ -98,11 +99,15 @@ def make_app(service: Service) -> web.Application:
     app[SERVICE] = service
     metrics = Metrics()
     app[METRICS] = metrics
+    app[ACCESS_LOG] = AccessLog()
     service.ledger.subscribe(lambda batch: metrics.observe_batch(len(batch)))
     app.router.add_get("/metrics", metrics_handler)
     app.add_routes(ledger_routes.routes)
     app.add_routes(registry_routes.routes)
     app.add_routes(deploy_routes.routes)
+    app.add_routes(audit_routes.routes)
+    app.add_routes(openapi_routes.routes)
+    webhook_routes.setup(app, service, metrics)
 
     async def on_shutdown(_app: web.Application) -> None:
         service.notifier.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ SERVICE: web.AppKey[Service] = web.AppKey("service", Service)
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY = 1024 * 1024
+INTEGER = re.compile(r"-?[0-9]{1,19}")  # ASCII digits only: int() also takes "٣" and "1_0"
 _encoder = msgspec.json.Encoder()
 
 
@@ -76,7 +78,7 @@ async def read_json(
     body = await read_body(request, limit)
     try:
         return msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ApiError.bad_request(f"malformed JSON: {exc}") from exc
 
 
@@ -88,10 +90,9 @@ def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError.bad_request(f"{name} must be an integer") from None
+    if not INTEGER.fullmatch(raw):
+        raise ApiError.bad_request(f"{name} must be an integer")
+    value = int(raw)
     if not lo <= value <= hi:
         raise ApiError.bad_request(f"{name} must be between {lo} and {hi}")
     return value

@@ -25,7 +25,7 @@ async def _body(request: web.Request, cls: type) -> object:
         return msgspec.json.decode(raw, type=cls)
     except msgspec.ValidationError as exc:
         raise ApiError.invalid_one("$", str(exc)) from exc
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ApiError.bad_request(f"malformed JSON: {exc}") from exc
 
 

@@ -11,6 +11,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.requests = Counter(
             "kuadeploy_http_requests_total",
             "HTTP requests by route, method and status",
@@ -45,12 +46,30 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.webhook_deliveries = Counter(
+            "kuadeploy_webhook_deliveries_total",
+            "Verified webhook deliveries by outcome (deployed, ignored, repeated)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.sink_failures = Counter(
             "kuadeploy_export_sink_failures_total",
             "Failed writes to the git export sink",
             registry=self.registry,
         )
         self._sink_failures_seen = 0
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:  # labels() takes a lock and builds a tuple: once per key
+            children = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_batch(self, size: int) -> None:
         self.batch_size.observe(size)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 1
+from kuadeploy.audit.merkle import SqliteNodeStore
+
+# 1: events, snapshots. 2: merkle_nodes, checkpoints (CREATE IF NOT EXISTS: a
+# version-1 file is migrated by running the whole DDL again).
+SCHEMA_VERSION = 2
 
 # stream/version/type/ts repeat what the body says; they exist for the UNIQUE
 # constraint (optimistic concurrency) and for indexed reads. The verifier checks
@@ -31,7 +35,16 @@ CREATE TABLE IF NOT EXISTS snapshots (
     format INTEGER NOT NULL,
     state  BLOB    NOT NULL
 );
+CREATE TABLE IF NOT EXISTS checkpoints (
+    size INTEGER PRIMARY KEY,
+    root BLOB    NOT NULL,
+    note TEXT    NOT NULL,
+    ts   TEXT    NOT NULL
+);
 """
+# The Merkle tree's perfect-subtree nodes (kuadeploy/ledger/tree.py): a cache, like
+# the snapshots, derivable from the event bodies at any time.
+DDL += SqliteNodeStore.DDL + ";\n"
 
 
 class SchemaError(Exception):

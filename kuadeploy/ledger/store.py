@@ -13,6 +13,16 @@ of a durable commit, for every single-writer append. When the disk turns slow
 (commits averaging over 2 ms) commits move to a dedicated thread so the loop
 keeps serving, and come back once they are fast again. Reads go through
 aiosqlite's own connection thread.
+
+The Merkle tree over the events (kuadeploy/ledger/tree.py) is a cache that adds
+no statement and no fsync to the commit: after a batch commits, the writer
+advances the in-memory compact range from the batch's bodies (two SHA-256 an
+event, about a microsecond) and keeps the completed nodes in memory; once 256
+are pending it writes them in a transaction of their own, without an fsync (the
+next event commit's fsync covers them). Proofs read pending nodes from memory
+and the rest from the table, so every size up to the head is answerable at
+once; a crash loses only pending nodes, which the next open recomputes from the
+bodies.
 """
 
 from __future__ import annotations
@@ -25,14 +35,16 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from hashlib import sha256
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import aiosqlite
 
 from kuadeploy import events
+from kuadeploy.audit.merkle import TreeState
 from kuadeploy.events import Envelope, EventData
 from kuadeploy.ledger.chain import GENESIS, Head
 from kuadeploy.ledger.schema import prepare_file
+from kuadeploy.ledger.tree import LedgerNodes, advance, insert_nodes, iter_bodies, load_tree
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +54,10 @@ _MAX_BATCH_ROWS = 8192
 _STREAM_CACHE_LIMIT = 100_000
 _SLOW_COMMIT_S = 0.002
 _FAST_COMMIT_S = 0.0005
+# Pending Merkle nodes written together: one INSERT statement, ~2048 events' worth.
+_NODE_FLUSH_ROWS = 256
+
+T = TypeVar("T")
 
 
 class NewEvent(NamedTuple):
@@ -107,6 +123,14 @@ class _Snapshot(NamedTuple):
     state: bytes
 
 
+class _Job(NamedTuple):
+    """fn(writer connection, *args), run by the writer between commits."""
+
+    fn: Callable[..., Any]
+    args: tuple
+    future: asyncio.Future
+
+
 _STOP = object()
 Subscriber = Callable[[list[StoredEvent]], None]
 
@@ -120,6 +144,7 @@ class Ledger:
         head: Head,
         last_ts: str,
         clock: Callable[[], str],
+        tree: TreeState,
     ):
         self.path = path
         self._writer = writer
@@ -136,9 +161,26 @@ class Ledger:
         self._executor: ThreadPoolExecutor | None = None
         self._task = asyncio.get_running_loop().create_task(self._run_writer())
         self.batch_sizes: list[int] = []  # recent commit sizes, read by metrics
+        self._tree = tree
+        self._pending_nodes: dict[tuple[int, int], bytes] = {}
+        self._closers: list[Callable[[], Any]] = []
+        self._stopping = False
+        self._tree_executor: ThreadPoolExecutor | None = None
+        self._tree_conn: sqlite3.Connection | None = None
 
     @classmethod
-    async def open(cls, path: str, *, clock: Callable[[], str] = utc_now) -> Ledger:
+    async def open(
+        cls,
+        path: str,
+        *,
+        clock: Callable[[], str] = utc_now,
+        verified_tree: TreeState | None = None,
+        rebuild_tree: bool = False,
+    ) -> Ledger:
+        """Open (creating or migrating) the ledger at `path`. Its Merkle node cache
+        is completed from the events; it is rebuilt from scratch when it disagrees
+        with `verified_tree` (the tree recomputed from the bodies by a start-up
+        check) or when `rebuild_tree` is set."""
         await asyncio.to_thread(prepare_file, path)
         writer = sqlite3.connect(
             path, isolation_level=None, cached_statements=512, check_same_thread=False
@@ -147,18 +189,26 @@ class Ledger:
             writer.execute("PRAGMA synchronous = FULL")
             writer.execute("PRAGMA busy_timeout = 10000")
             head, last_ts = _read_head(writer)
+            tree = await asyncio.to_thread(
+                load_tree, writer, head.seq, expected=verified_tree, rebuild=rebuild_tree
+            )
             reader = await aiosqlite.connect(path, isolation_level=None)
             await reader.execute("PRAGMA busy_timeout = 10000")
         except BaseException:
             writer.close()
             raise
-        return cls(path, writer, reader, head, last_ts, clock)
+        return cls(path, writer, reader, head, last_ts, clock, tree)
 
     # --- writing --------------------------------------------------------------------
 
     @property
     def head(self) -> Head:
         return self._head
+
+    @property
+    def tree(self) -> TreeState:
+        """The Merkle tree's compact range at the head (leaf i = body of seq i + 1)."""
+        return self._tree
 
     def subscribe(self, fn: Subscriber) -> Callable[[], None]:
         """`fn` sees every committed batch, in order, before any appender resumes."""
@@ -180,13 +230,57 @@ class Ledger:
         if not self._closed:
             self._queue.put_nowait(_Snapshot(seq, hash, fmt, state))
 
+    async def run_job(self, fn: Callable[..., T], *args: object) -> T:
+        """Run fn(writer connection, *args) in the writer, after the appends queued
+        before it: for writes beside the events (checkpoints), and as a barrier."""
+        if self._stopping or self._task.done():
+            raise LedgerClosed("ledger is closed")
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Job(fn, args, future))
+        return await future
+
+    async def read_tree(self, fn: Callable[..., T], *args: object) -> T:
+        """Run fn(nodes, *args) in the tree-reading thread, where `nodes` (a
+        merkle.NodeSource) has every node of the tree up to the current head,
+        pending or stored: proofs and roots for any size <= tree.size."""
+        if self._stopping:
+            raise LedgerClosed("ledger is closed")
+        if self._tree_executor is None:
+            self._tree_executor = ThreadPoolExecutor(1, thread_name_prefix="ledger-tree")
+        pending = dict(self._pending_nodes)  # nodes already flushed are in the table
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._tree_executor, self._read_tree, pending, fn, args)
+
+    def _read_tree(self, pending: dict, fn: Callable[..., T], args: tuple) -> T:
+        if self._tree_conn is None:
+            self._tree_conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False
+            )
+            self._tree_conn.execute("PRAGMA busy_timeout = 10000")
+        return fn(LedgerNodes(self._tree_conn, pending), *args)
+
+    def on_close(self, fn: Callable[[], Any]) -> None:
+        """Await fn() first thing in close(): appends are refused by then, but
+        run_job still works (a last checkpoint)."""
+        self._closers.append(fn)
+
     async def close(self) -> None:
         """Finish every queued append, then close."""
         if not self._closed:
             self._closed = True
+            for fn in self._closers:
+                try:
+                    await fn()
+                except Exception:
+                    log.exception("ledger close hook failed")
+            self._stopping = True
             self._queue.put_nowait(_STOP)
             await self._task
             await self._reader.close()
+            if self._tree_executor is not None:
+                self._tree_executor.shutdown()
+            if self._tree_conn is not None:
+                self._tree_conn.close()
             self._writer.close()
             if self._executor is not None:
                 self._executor.shutdown()
@@ -196,6 +290,7 @@ class Ledger:
         while not stopping:
             batch: list[_Request] = []
             snapshots: list[_Snapshot] = []
+            jobs: list[_Job] = []
             item = await self._queue.get()
             rows = 0
             while True:
@@ -203,38 +298,72 @@ class Ledger:
                     stopping = True
                 elif isinstance(item, _Snapshot):
                     snapshots.append(item)
+                elif isinstance(item, _Job):
+                    jobs.append(item)
                 else:
                     batch.append(item)
                     rows += len(item.items)
                 if stopping or rows >= _MAX_BATCH_ROWS or self._queue.empty():
                     break
                 item = self._queue.get_nowait()
-            if batch:
-                try:
-                    await self._commit(batch)
-                except Exception as exc:  # keep the writer alive for the next batch
-                    log.exception("ledger write failed")
-                    for req in batch:
-                        if not req.future.done():
-                            req.future.set_exception(exc)
-                    self._reload()
-                except BaseException:  # cancelled: nobody may wait forever
-                    for req in batch:
-                        if not req.future.done():
-                            req.future.set_exception(LedgerClosed("ledger writer stopped"))
-                    raise
-            for snap in snapshots:
-                try:
-                    await self._run(_insert_snapshot, snap)
-                except Exception:  # a snapshot is a cache: losing one costs only time
-                    log.exception("ledger snapshot at seq %d failed", snap.seq)
+            try:
+                await self._write(batch, snapshots, jobs, stopping)
+            except BaseException:  # cancelled: nobody may wait forever
+                for waiter in [*batch, *jobs]:
+                    if not waiter.future.done():
+                        waiter.future.set_exception(LedgerClosed("ledger writer stopped"))
+                raise
+
+    async def _write(
+        self, batch: list[_Request], snapshots: list[_Snapshot], jobs: list[_Job], stopping: bool
+    ) -> None:
+        if batch:
+            try:
+                await self._commit(batch)
+            except Exception as exc:  # keep the writer alive for the next batch
+                log.exception("ledger write failed")
+                for req in batch:
+                    if not req.future.done():
+                        req.future.set_exception(exc)
+                self._reload()
+        if len(self._pending_nodes) >= _NODE_FLUSH_ROWS or stopping:
+            await self._flush_nodes()
+        for snap in snapshots:
+            try:
+                await self._run(_insert_snapshot, snap)
+            except Exception:  # a snapshot is a cache: losing one costs only time
+                log.exception("ledger snapshot at seq %d failed", snap.seq)
+        for job in jobs:
+            try:
+                result = await self._run(job.fn, *job.args)
+            except Exception as exc:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            else:
+                if not job.future.done():
+                    job.future.set_result(result)
+
+    async def _flush_nodes(self) -> None:
+        """Write the pending Merkle nodes. A failure keeps them pending (proofs
+        still see them) for the next flush; they are a cache, appends go on."""
+        nodes = list(self._pending_nodes.items())
+        if not nodes:
+            return
+        try:
+            await self._run(insert_nodes, nodes)
+        except Exception:
+            log.exception("writing %d merkle nodes failed; keeping them in memory", len(nodes))
+            return
+        for key, _ in nodes:
+            del self._pending_nodes[key]
 
     async def _commit(self, batch: list[_Request]) -> None:
         for _attempt in range(3):
             self._load_versions({it.stream for r in batch for it in r.items})
-            staged = self._stage(batch)
+            staged, conflicts = self._stage(batch)
             rows = [row for _, stored, rowset in staged for row in rowset]
             if not rows:
+                _fail(conflicts)
                 return
             try:
                 await self._insert(rows)
@@ -245,6 +374,7 @@ class Ledger:
             committed = [ev for _, stored, _ in staged for ev in stored]
             last = committed[-1]
             self._head = Head(last.seq, last.hash)
+            self._tree = advance(self._tree, [ev.body for ev in committed], self._pending_nodes)
             self._last_ts = last.event.ts
             for ev in committed:
                 self._versions[ev.event.stream] = ev.event.version
@@ -258,15 +388,21 @@ class Ledger:
             for req, stored, _ in staged:
                 if not req.future.done():
                     req.future.set_result(stored)
+            # Only now, with the winners applied: a loser that decides again sees them.
+            _fail(conflicts)
             return
         raise sqlite3.OperationalError("ledger: concurrent writers kept conflicting")
 
-    def _stage(self, batch: list[_Request]) -> list[tuple[_Request, list[StoredEvent], list]]:
-        """Give every acceptable request its seqs, versions and chain hashes."""
+    def _stage(
+        self, batch: list[_Request]
+    ) -> tuple[list[tuple[_Request, list[StoredEvent], list]], list[tuple[_Request, Exception]]]:
+        """Give every acceptable request its seqs, versions and chain hashes; the others
+        their ConflictError, to be raised once this batch is committed."""
         seq, prev = self._head
         ts = max(self._clock(), self._last_ts)  # monotonic, so time lookups can bisect
         versions: dict[str, int] = {}  # stream -> version after the requests staged so far
         staged = []
+        conflicts: list[tuple[_Request, Exception]] = []
         for req in batch:
             if req.future.done():  # the caller gave up before we wrote: write nothing
                 continue
@@ -279,7 +415,7 @@ class Ledger:
                             raise ConflictError(it.stream, it.expected_version, current)
                         local[it.stream] = current
             except ConflictError as conflict:
-                req.future.set_exception(conflict)
+                conflicts.append((req, conflict))
                 continue
             stored, rows = [], []
             for it in req.items:
@@ -294,7 +430,7 @@ class Ledger:
                 rows.append((seq, it.stream, version, env.type, ts, body, prev))
             versions.update(local)
             staged.append((req, stored, rows))
-        return staged
+        return staged, conflicts
 
     async def _run(self, fn: Callable, *args: object) -> float:
         """Run a timed write on the loop, or on the commit thread while the disk is slow."""
@@ -334,6 +470,14 @@ class Ledger:
     def _reload(self) -> None:
         self._versions.clear()
         self._head, self._last_ts = _read_head(self._writer)
+        size = self._head.seq
+        if size > self._tree.size:  # another process appended, or a "failed" commit landed
+            bodies = iter_bodies(self._writer, self._tree.size, size)
+            self._tree = advance(self._tree, bodies, self._pending_nodes)
+        elif size < self._tree.size:
+            log.error("ledger head %d is behind its Merkle tree; reloading the tree", size)
+            self._pending_nodes.clear()
+            self._tree = load_tree(self._writer, size)
 
     # --- reading --------------------------------------------------------------------
 
@@ -388,6 +532,12 @@ class Ledger:
         cur = await self._reader.execute("SELECT MAX(seq) FROM events WHERE ts <= ?", (ts,))
         row = await cur.fetchone()
         return (row[0] if row else None) or 0
+
+
+def _fail(conflicts: list[tuple[_Request, Exception]]) -> None:
+    for req, exc in conflicts:
+        if not req.future.done():
+            req.future.set_exception(exc)
 
 
 def _read_head(conn: sqlite3.Connection) -> tuple[Head, str]:

@@ -1,0 +1,212 @@
+"""Checkpoints and proofs as the API serves them, and a ledger file checked against one.
+
+Server side, for the routes of DESIGN §4 (each returns the exact response body):
+
+- `checkpoint_text(checkpointer)`: GET /api/v1/audit/checkpoint, text/plain;
+- `inclusion_from_query(ledger, checkpointer, query)`: GET /api/v1/audit/proof/inclusion
+  `{"seq","leaf_index","tree_size","root","hashes":[hex…]}`;
+- `consistency_from_query(ledger, checkpointer, query)`: GET /api/v1/audit/proof/consistency
+  `{"from","to","hashes":[hex…]}`.
+
+`size` and `to` default to the latest signed checkpoint's size, so a client can
+check a proof against the checkpoint it fetched. A request outside the tree is a
+ProofRequestError (HTTP 400, its message as the detail).
+
+Verifier side: `scan_ledger` recomputes roots from the stored bodies (never from
+stored nodes) and `checkpoint_problem` words what is wrong; the offline verifier
+and the start-up check both use them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from hashlib import sha256
+from itertools import islice
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from kuadeploy.audit.merkle import (
+    NodeSource,
+    TreeState,
+    consistency_proof,
+    inclusion_proof,
+    root_at,
+)
+from kuadeploy.ledger.chain import GENESIS_HASH
+from kuadeploy.ledger.tree import advance, iter_bodies
+
+if TYPE_CHECKING:
+    from kuadeploy.audit.checkpointer import Checkpointer
+    from kuadeploy.ledger.store import Ledger
+
+
+class ProofRequestError(ValueError):
+    """A proof or checkpoint request that cannot be answered: HTTP 400."""
+
+
+class SignedCheckpoint(NamedTuple):
+    size: int
+    root: bytes
+    note: str  # the C2SP signed note, as served and mirrored
+
+
+# --- server side ------------------------------------------------------------------------
+
+
+def checkpoint_text(checkpointer: Checkpointer) -> str:
+    """The latest signed checkpoint note (there is one from start-up on)."""
+    latest = checkpointer.latest
+    if latest is None:
+        raise ProofRequestError("no checkpoint has been signed yet")
+    return latest.note
+
+
+async def inclusion(ledger: Ledger, seq: int, size: int) -> dict[str, Any]:
+    """The inclusion proof of event `seq` (leaf seq - 1) in the tree of `size`."""
+    _check_size(ledger, size)
+    if not 1 <= seq <= size:
+        raise ProofRequestError(f"seq {seq} is not in the tree of size {size}")
+    hashes, root = await ledger.read_tree(_inclusion, seq - 1, size)
+    return {
+        "seq": seq,
+        "leaf_index": seq - 1,
+        "tree_size": size,
+        "root": root.hex(),
+        "hashes": [h.hex() for h in hashes],
+    }
+
+
+async def consistency(ledger: Ledger, first: int, second: int) -> dict[str, Any]:
+    """The consistency proof between the trees of sizes `first` <= `second`."""
+    _check_size(ledger, second)
+    if not 0 <= first <= second:
+        raise ProofRequestError(f"no consistency proof from size {first} to {second}")
+    hashes = await ledger.read_tree(consistency_proof, first, second)
+    return {"from": first, "to": second, "hashes": [h.hex() for h in hashes]}
+
+
+async def root(ledger: Ledger, size: int) -> bytes:
+    """The tree's root at `size`, from the node cache."""
+    _check_size(ledger, size)
+    return await ledger.read_tree(root_at, size)
+
+
+async def inclusion_from_query(
+    ledger: Ledger, checkpointer: Checkpointer, query: Mapping[str, str]
+) -> dict[str, Any]:
+    seq = query_int(query, "seq")
+    size = query_int(query, "size", _latest_size(checkpointer))
+    return await inclusion(ledger, seq, size)
+
+
+async def consistency_from_query(
+    ledger: Ledger, checkpointer: Checkpointer, query: Mapping[str, str]
+) -> dict[str, Any]:
+    first = query_int(query, "from")
+    second = query_int(query, "to", _latest_size(checkpointer))
+    return await consistency(ledger, first, second)
+
+
+def query_int(query: Mapping[str, str], name: str, default: int | None = None) -> int:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        if default is None:
+            raise ProofRequestError(f"query parameter {name!r} is required")
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
+        raise ProofRequestError(f"query parameter {name!r} must be a non-negative integer")
+    return int(raw)
+
+
+def _latest_size(checkpointer: Checkpointer) -> int | None:
+    return None if checkpointer.latest is None else checkpointer.latest.size
+
+
+def _check_size(ledger: Ledger, size: int) -> None:
+    head = ledger.tree.size
+    if size > head:
+        raise ProofRequestError(f"tree size {size} is beyond the ledger's {head} events")
+
+
+def _inclusion(nodes: NodeSource, index: int, size: int) -> tuple[list[bytes], bytes]:
+    return inclusion_proof(nodes, index, size), root_at(nodes, size)
+
+
+# --- verifier side ----------------------------------------------------------------------
+
+
+MAX_CHAIN_BREAKS = 1000
+
+
+class ChainBreak(NamedTuple):
+    seq: int
+    reason: str  # "row missing" or "hash mismatch"
+
+    def __str__(self) -> str:
+        return f"ledger chain broken at seq {self.seq}: {self.reason}"
+
+
+class LedgerScan(NamedTuple):
+    roots: dict[int, bytes]  # size -> root, for the sizes asked that the ledger reaches
+    tree: TreeState  # the whole tree
+    chain_breaks: list[ChainBreak]  # those not accepted, in seq order, when checked
+
+
+def scan_ledger(
+    conn: sqlite3.Connection,
+    sizes: Iterable[int],
+    *,
+    check_chain: bool = False,
+    accepted_breaks: Collection[int] = (),
+) -> LedgerScan:
+    """In one pass over the stored rows in seq order: the root at each of `sizes`
+    recomputed from the bodies (never from stored nodes), the whole tree, and with
+    `check_chain` every seq gap and chain hash mismatch (DESIGN §3) but the
+    mismatches at `accepted_breaks`, up to MAX_CHAIN_BREAKS. Leaf i is the i-th
+    body read, so a missing row shifts every later leaf and changes the roots."""
+    breaks: list[ChainBreak] = []
+    if check_chain:
+        bodies = _checked_bodies(conn, breaks, frozenset(accepted_breaks))
+    else:
+        bodies = iter_bodies(conn, 0)
+    state = TreeState()
+    roots: dict[int, bytes] = {}
+    for size in sorted(set(sizes)):
+        state = advance(state, islice(bodies, size - state.size))
+        if state.size < size:
+            break
+        roots[size] = state.root()
+    state = advance(state, bodies)
+    return LedgerScan(roots, state, breaks)
+
+
+def _checked_bodies(
+    conn: sqlite3.Connection, breaks: list[ChainBreak], accepted: frozenset[int]
+) -> Iterator[bytes]:
+    prev, expected = GENESIS_HASH, 1
+    cur = conn.execute("SELECT seq, body, hash FROM events ORDER BY seq")
+    while rows := cur.fetchmany(4096):
+        for seq, body, stored in rows:
+            if seq != expected and len(breaks) < MAX_CHAIN_BREAKS:
+                breaks.append(ChainBreak(expected, "row missing"))
+            prev = sha256(prev + body).digest()
+            if prev != stored:
+                if seq not in accepted and len(breaks) < MAX_CHAIN_BREAKS:
+                    breaks.append(ChainBreak(seq, "hash mismatch"))
+                # Go on from the stored hash, as appends after the break chained on:
+                # one changed hash breaks two links, the row's and the next.
+                prev = stored
+            expected = seq + 1
+            yield body
+
+
+def checkpoint_problem(
+    events: int, root_at_size: bytes | None, size: int, root: bytes, what: str = "checkpoint"
+) -> str | None:
+    """Why a ledger of `events` events, whose tree at `size` has `root_at_size`,
+    contradicts a checkpoint (size, root); None when it does not."""
+    if events < size:
+        return f"ledger has {events} events, {what} covers {size} (truncated)"
+    if root_at_size != root:
+        return f"root at size {size} differs from the {what} (rewritten)"
+    return None

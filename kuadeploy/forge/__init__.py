@@ -1,0 +1,1 @@
+"""Forgejo / Gitea push webhooks: payload schema, signatures, repo matching, the receiver."""

@@ -1,0 +1,55 @@
+"""Odd input found by probing the fuzzed surface: a clean 4xx problem, never a 500."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.api_support import entry_doc, make_config, running
+
+
+@pytest.mark.parametrize("at", ["²", "1²", "9" * 5000, "99999999999999999999"])
+async def test_export_at_odd_numbers_is_422(tmp_path, at: str) -> None:
+    async with running(make_config(tmp_path)) as api:
+        await api.call("PUT", "/api/v1/apps/web", json=entry_doc())
+        status, body, resp = await api.call("GET", f"/api/v1/registry/export?at={at}")
+        assert status == 422, body
+        assert resp.content_type == "application/problem+json"
+        assert len(body["detail"]) < 200
+
+
+@pytest.mark.parametrize("after", ["٣", "1_0", " 3", "²", "9" * 30])
+async def test_events_after_takes_only_ascii_integers(tmp_path, after: str) -> None:
+    async with running(make_config(tmp_path)) as api:
+        status, body, _ = await api.call("GET", f"/api/v1/events?after={after}", role="reader")
+        assert status == 400, body
+        assert "after" in body["detail"]
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH"])
+async def test_body_that_is_not_utf8_is_400(tmp_path, method: str) -> None:
+    async with running(make_config(tmp_path)) as api:
+        await api.call("PUT", "/api/v1/apps/web", json=entry_doc())
+        head = await api.head_seq()
+        raw = b'{"server":"local","repo":"x\xed\xa0\x80","branch":"main"}'
+        status, body, resp = await api.call(
+            method, "/api/v1/apps/web", data=raw, headers={"Content-Type": "application/json"}
+        )
+        assert status == 400, body
+        assert resp.content_type == "application/problem+json"
+        assert await api.head_seq() == head
+
+
+@pytest.mark.parametrize(
+    ("path", "field"), [("/api/v1/apps/web/deploy", "sha"), ("/api/v1/apps/web/rollback", "to")]
+)
+async def test_deploy_body_that_is_not_utf8_is_400(tmp_path, path: str, field: str) -> None:
+    async with running(make_config(tmp_path)) as api:
+        await api.call("PUT", "/api/v1/apps/web", json=entry_doc())
+        head = await api.head_seq()
+        raw = b'{"' + field.encode() + b'":"\xed\xa0\x80"}'
+        status, body, resp = await api.call(
+            "POST", path, data=raw, headers={"Content-Type": "application/json"}
+        )
+        assert status == 400, body
+        assert resp.content_type == "application/problem+json"
+        assert await api.head_seq() == head
