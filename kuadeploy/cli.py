@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from kuadeploy import __version__, historyview
+from kuadeploy import __version__, historyview, manifest_cli
 from kuadeploy import events as ev
 from kuadeploy.audit import offline
 from kuadeploy.client import Client, ClientError
@@ -186,6 +186,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_self_handoff(args: argparse.Namespace) -> int:
+    from kuadeploy.selfdeploy.transient import run_handoff
+    from kuadeploy.serve import setup_logging
+
+    setup_logging()
+    return asyncio.run(run_handoff(load_config(args.config), args.deploy))
+
+
 def cmd_token_add(args: argparse.Namespace) -> int:
     config = _offline_config(args)
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)
@@ -213,6 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint (recorded in the ledger)",
     )
     serve.set_defaults(func=cmd_serve)
+
+    manifest_cli.add_parser(sub)
+
+    handoff = sub.add_parser(
+        "self-handoff", help="(run by a self-deploy in its transient container)"
+    )
+    handoff.add_argument("--config", help="kuadeploy.toml (default: $KUA_CONFIG)")
+    handoff.add_argument("--deploy", required=True, help="the self-deploy's id")
+    handoff.set_defaults(func=cmd_self_handoff)
 
     token = sub.add_parser("token", help="API tokens").add_subparsers(dest="token", required=True)
     token_add = token.add_parser("add", parents=[offline], help="create a token, print it once")

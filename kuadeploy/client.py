@@ -72,9 +72,11 @@ class Client:
         url = self.url + path + (f"?{urlencode(query)}" if query else "")
         return self.request("GET", url[len(self.url) :])
 
-    def request(self, method: str, path: str, body: Any = None) -> Any:
+    def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        headers = {"Authorization": f"Bearer {self._token}"}
+        headers = {**(headers or {}), "Authorization": f"Bearer {self._token}"}
         if data is not None:
             headers["Content-Type"] = "application/json"
         req = urllib.request.Request(self.url + path, data, headers, method=method)
@@ -97,10 +99,14 @@ def _http_message(exc: urllib.error.HTTPError) -> str:
     try:
         problem = json.loads(exc.read())
         title, detail = problem.get("title"), problem.get("detail")
+        errors = problem.get("errors") or []
     except (ValueError, AttributeError):
-        title, detail = None, None
+        title, detail, errors = None, None, []
     title = title or exc.reason or "error"
     text = f"{title.lower()}: {detail}" if detail and detail != title else title.lower()
+    for error in errors[:20] if isinstance(errors, list) else []:  # validation problems
+        if isinstance(error, dict):
+            text += f"; {error.get('path')}: {error.get('message')}"
     return f"{text} (HTTP {exc.code})"
 
 

@@ -52,6 +52,9 @@ class AppEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False
     forge_repo: str | None = None
     dockerfile: str = "Dockerfile"
     context: str = "."
+    # `docker build --build-arg`s, e.g. a local BASE_IMAGE on a host without a registry.
+    # Plain values, visible in the image's history: never a secret. GIT_SHA is set by us.
+    build_args: dict[str, str] = {}
     container: Container = Container()
     verify: Verify = Verify()
     migrations: Migrations = Migrations()

@@ -145,6 +145,31 @@ class DeployInterrupted(EventData, frozen=True):
     reason: str = ""
 
 
+class SelfHandoffStarted(EventData, frozen=True):
+    """A self-deploy (`mode: "self"`) handing over to a transient container.
+
+    Written by the running instance before the transient container starts; the
+    transient, the new instance and a restored old instance all read it back from
+    the ledger. The deploy stays running until an instance that started after it
+    records the outcome: only the new instance, on its own baked GIT_SHA and
+    image, records success.
+    """
+
+    app: str
+    server: str
+    container: str  # the orchestrator container's name, kept by the new one
+    container_id: str  # the running (old) container
+    sha: str  # target
+    image_id: str  # target image, built by this deploy
+    previous_sha: str  # what runs now: the old instance's GIT_SHA …
+    previous_image_id: str  # … and its container's image
+    transient: str  # name of the transient container
+    health_url: str
+    timeout_s: float
+    stable_s: float
+    stop_timeout_s: int
+
+
 # --- webhooks (stream webhook/<delivery>): one event per verified delivery -------------
 # Unverified deliveries are never recorded (strangers must not be able to grow the
 # ledger); every verified one is, with what was done about it.
@@ -271,6 +296,7 @@ for _cls in (
     DeployCancelled,
     DeploySuperseded,
     DeployInterrupted,
+    SelfHandoffStarted,
     WebhookReceived,
     WebhookIgnored,
     CheckpointOverridden,

@@ -6,7 +6,10 @@ import sys
 import time
 from typing import TextIO
 
-from kuadeploy.client import Client
+from kuadeploy.client import Client, ClientError
+from projections.deploys import ACTIVE
+
+RECONNECT_S = 300.0
 
 TERMINAL = {
     "DeploySucceeded": "succeeded",
@@ -37,6 +40,8 @@ def describe(event: dict) -> str | None:
         return f"migration gate held for {', '.join(data['paths'][:3])}: waiting for approval"
     if kind == "MigrationApproved":
         return f"migrations approved by {event['actor']}"
+    if kind == "SelfHandoffStarted":
+        return f"handing over to {data['transient']}: kuadeploy restarts as {data['sha'][:12]}"
     if kind == "RollbackStarted":
         return f"rolling back to {data.get('sha') or 'nothing (no earlier release)'}"
     if kind in TERMINAL:
@@ -46,14 +51,33 @@ def describe(event: dict) -> str | None:
 
 
 def follow(client: Client, deploy_id: str, out: TextIO = sys.stdout) -> int:
-    """Print the deploy as it happens; 0 only when it ends verified and succeeded."""
+    """Print the deploy as it happens; 0 only when it ends verified and succeeded.
+
+    The server may go away mid-deploy and come back — a self-deploy replaces it,
+    and the new (or restored) instance records the outcome — so a stream that ends
+    or breaks before the deploy does is resumed, for up to RECONNECT_S.
+    """
     started = time.monotonic()
-    for _ident, event in client.events(f"/api/v1/deploys/{deploy_id}/stream", "0"):
-        line = describe(event)
-        if line:
-            out.write(f"[{time.monotonic() - started:6.1f}s] {line}\n")
-            out.flush()
-    view = client.deploy_view(deploy_id)
+    last, lost = "0", None
+    path = f"/api/v1/deploys/{deploy_id}/stream"
+    while True:
+        try:
+            for ident, event in client.events(path, last):
+                last, lost = ident, None
+                line = describe(event)
+                if line:
+                    out.write(f"[{time.monotonic() - started:6.1f}s] {line}\n")
+                    out.flush()
+            view = client.deploy_view(deploy_id)
+        except ClientError:
+            lost = lost or time.monotonic()
+            if last == "0" or time.monotonic() - lost > RECONNECT_S:
+                raise  # never reached, or gone for good
+            time.sleep(0.5)
+            continue
+        if view["status"] not in ACTIVE:
+            break
+        time.sleep(0.5)  # the stream ended early: the server is stopping
     verdict = view["status"]
     out.write(
         f"deploy {deploy_id}: {verdict}"

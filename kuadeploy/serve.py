@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import signal
+import socket
 import sys
 
 from aiohttp import web
@@ -40,8 +41,36 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def bind(listen: str) -> socket.socket:
+    """The listening socket, bound before the service opens: a self-deploy's new
+    instance records its success while opening, which must not happen when it
+    could never serve (port taken). Until the service is up, connections wait."""
+    host, port = parse_listen(listen)
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise SystemExit(f"kuadeploy: cannot listen on {listen}: {exc}") from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"kuadeploy: cannot listen on {listen}: {exc.strerror}") from exc
+    sock.setblocking(False)
+    return sock
+
+
 async def serve(config: Config, *, accept_ledger_rewind: bool = False) -> None:
-    service = await Service.open(config, accept_ledger_rewind=accept_ledger_rewind)
+    sock = bind(config.listen)
+    try:
+        service = await Service.open(config, accept_ledger_rewind=accept_ledger_rewind)
+    except BaseException:
+        sock.close()
+        raise
     if service.bootstrap_token:
         # Shown once: only its hash is stored (DESIGN §6).
         print(f"Created an admin token (shown once, store it now): {service.bootstrap_token}")
@@ -50,14 +79,7 @@ async def serve(config: Config, *, accept_ledger_rewind: bool = False) -> None:
     app[ACCESS_LOG].stream = sys.stderr.buffer  # JSON lines like the rest, batched
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=30)
     await runner.setup()
-    host, port = parse_listen(config.listen)
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        await service.close()
-        raise SystemExit(f"kuadeploy: cannot listen on {config.listen}: {exc.strerror}") from exc
+    await web.SockSite(runner, sock).start()
     log.info({"msg": "listening", "listen": config.listen, "head_seq": service.ledger.head.seq})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -265,6 +265,11 @@ class Service:
 
     async def cancel_deploy(self, deploy_id: str, actor: str) -> DeployView:
         view = self.state.deploys.views.get(deploy_id) or await self.deploy_view(deploy_id)
+        if self.runner.handing_off(deploy_id):
+            raise ApiError.conflict(
+                f"deploy {deploy_id} is handing kuadeploy over to its new release; "
+                "it ends on its own (succeeded, or rolled back)"
+            )
         if not await self.runner.cancel(deploy_id, f"cancelled by {actor}"):
             try:
                 await self.ledger.append(dep.decide_cancel(view, deploy_id), actor=actor)

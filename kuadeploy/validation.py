@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 from msgspec import inspect
 
+from kuadeploy.adapters.docker_specs import BUILD_ARG_SHA
 from kuadeploy.entry import AppEntry
 
 APP_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -142,6 +143,12 @@ def _check_semantics(obj: dict, servers: set[str]) -> list[Problem]:
     for i, pattern in enumerate(paths if isinstance(paths, list) else []):
         if isinstance(pattern, str) and (message := check_repo_path(pattern)):
             problems.append(Problem(f"$.migrations.paths[{i}]", message))
+    build_args = obj.get("build_args")
+    for key in build_args if isinstance(build_args, dict) else ():
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+            problems.append(Problem(f"$.build_args.{key}", "not a valid build argument name"))
+        elif key == BUILD_ARG_SHA:
+            problems.append(Problem(f"$.build_args.{key}", "set by kuadeploy to the deployed SHA"))
     url = text("verify", "health_url")
     if url is not None and not re.match(r"^https?://[^/\s]+(/\S*)?$", url):
         problems.append(Problem("$.verify.health_url", "must be an http:// or https:// URL"))

@@ -25,6 +25,7 @@ from kuadeploy.events import (
     MigrationGateHeld,
     RollbackStarted,
     RolledBack,
+    SelfHandoffStarted,
     StepFailed,
     StepStarted,
     StepSucceeded,
@@ -60,6 +61,8 @@ class DeployView(msgspec.Struct):
     pusher: str | None = None
     gate: dict[str, Any] | None = None
     rolled_back_to: str | None = None
+    # a self-deploy waiting for the next instance to record its outcome (SelfHandoffStarted)
+    handoff: dict[str, Any] | None = None
     steps: list[StepView] = []
     events: list[int] = []
 
@@ -126,6 +129,10 @@ def _gate_approved(view: DeployView, ev: Envelope, data: MigrationApproved) -> N
         view.gate = {**view.gate, "approved_by": ev.actor, "approved_at": ev.ts}
 
 
+def _handoff(view: DeployView, ev: Envelope, data: SelfHandoffStarted) -> None:
+    view.handoff = {"seq": ev.seq, **msgspec.to_builtins(data)}
+
+
 def _succeeded(view: DeployView, ev: Envelope, data: DeploySucceeded) -> None:
     _finish(view, ev, "succeeded")
     view.sha, view.image_id = data.sha, data.image_id
@@ -171,6 +178,7 @@ _STEPS: dict[type, Any] = {
     DeployCancelled: _cancelled,
     DeploySuperseded: _superseded,
     DeployInterrupted: _interrupted,
+    SelfHandoffStarted: _handoff,
 }
 
 

@@ -1,8 +1,9 @@
 """The container packaging: image, compose file, release manifest (issue 6).
 
-The image is built by scripts/build-image in the private engine KUA_TEST_DOCKER_A (set by
-scripts/test) on the local debootstrap base, with a wheelhouse: no Docker Hub, no network
-inside the build. Containers use network_mode host and 127.0.0.1 only (DESIGN §8).
+The image is built by scripts/build-image in the private engine `docker_a` (the session's,
+tests/fixtures/engines.py) on the local debootstrap base, with a wheelhouse: no Docker Hub,
+no network inside the build. Containers use network_mode host and 127.0.0.1 only
+(DESIGN §8).
 """
 
 from __future__ import annotations
@@ -13,11 +14,8 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,71 +23,18 @@ import msgspec
 import pytest
 
 from kuadeploy.entry import entry_from_builtins
+from kuadeploy.manifest import manifest_to_entry
+from tests.image_support import ROOT, build_image, docker, free_port, http, wait_healthz
 
-ROOT = Path(__file__).resolve().parent.parent
 APP_NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
-
-
-# --- helpers ---------------------------------------------------------------------------------
-
-
-def docker(
-    engine: str, *args: str, check: bool = True, timeout: float = 120
-) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        ["docker", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "DOCKER_HOST": engine},
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http(
-    method: str, url: str, token: str | None = None, body: object = None, **headers: str
-) -> tuple[int, dict]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    for name, value in headers.items():
-        req.add_header(name.replace("_", "-"), value)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
-
-
-def manifest_to_entry(manifest: dict, importer: dict) -> dict:
-    """docs/kua-json.md: drop name, fold health_url into verify, merge the importer's values."""
-    entry = {k: v for k, v in manifest.items() if k not in ("name", "health_url")}
-    if "health_url" in manifest:
-        assert "health_url" not in manifest.get("verify", {}), "health_url given twice"
-        entry["verify"] = {**manifest.get("verify", {}), "health_url": manifest["health_url"]}
-    return {**entry, **importer}
 
 
 # --- fixtures --------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def engine() -> str:
-    url = os.environ.get("KUA_TEST_DOCKER_A")
-    if not url:
-        pytest.skip("KUA_TEST_DOCKER_A is not set: run through scripts/test")
-    return url
+def engine(docker_a: str) -> str:
+    return docker_a
 
 
 @pytest.fixture(scope="module")
@@ -100,23 +45,7 @@ def image_sha() -> str:
 @pytest.fixture(scope="module")
 def image(engine: str, image_sha: str) -> Iterator[str]:
     tag = f"kuadeploy-test:{image_sha[:12]}"
-    started = time.monotonic()
-    proc = subprocess.run(
-        [
-            str(ROOT / "scripts/build-image"),
-            "--docker-host",
-            engine,
-            "--sha",
-            image_sha,
-            "--tag",
-            tag,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
-    assert proc.returncode == 0, f"build-image failed:\n{proc.stdout[-4000:]}\n{proc.stderr}"
-    print(f"build-image: {time.monotonic() - started:.0f} s\n{proc.stderr}")
+    print(build_image(engine, ROOT, image_sha, tag))
     yield tag
     docker(engine, "rmi", "-f", tag, check=False)
 
@@ -143,9 +72,11 @@ def test_image_kua_json_prefills_a_valid_self_entry() -> None:
     assert manifest["server"] == "local"
     assert manifest["health_url"] == "http://127.0.0.1:8080/healthz"
     assert re.fullmatch(APP_NAME, manifest["name"])
-    entry = entry_from_builtins(
-        manifest_to_entry(manifest, {"repo": "https://forge.example.org/infra/kuadeploy.git"})
+    name, doc = manifest_to_entry(
+        manifest, {"repo": "https://forge.example.org/infra/kuadeploy.git"}
     )
+    assert name == "kuadeploy"
+    entry = entry_from_builtins(doc)
     assert entry.mode == "self"
     assert entry.verify.health_url == "http://127.0.0.1:8080/healthz"
     assert entry.verify.expect_sha_in_body
@@ -153,7 +84,7 @@ def test_image_kua_json_prefills_a_valid_self_entry() -> None:
     assert "kuadeploy-data:/app/data" in entry.container.volumes
     # Unknown keys are as wrong in a manifest as in an entry.
     with pytest.raises(msgspec.ValidationError):
-        entry_from_builtins(manifest_to_entry({**manifest, "colour": "red"}, {"repo": "x"}))
+        entry_from_builtins(manifest_to_entry({**manifest, "colour": "red"}, {"repo": "x"})[1])
 
 
 def _docker_compose() -> str:
@@ -308,33 +239,13 @@ def test_image_reaches_docker_socket_with_its_group(engine: str, image: str) -> 
     assert ok.stdout.strip()
 
 
-# --- the service in its container (needs `kuadeploy serve`) -----------------------------------
-
-
-def _wait_healthz(engine: str, container: str, port: int, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            status, body = http("GET", f"http://127.0.0.1:{port}/healthz")
-            if status == 200:
-                return body
-        except (OSError, ValueError):
-            pass
-        state = docker(engine, "inspect", "-f", "{{.State.Status}}", container).stdout.strip()
-        if state != "running" or time.monotonic() > deadline:
-            logs = docker(engine, "logs", container, check=False)
-            pytest.fail(f"{container} not serving /healthz ({state}):\n{logs.stdout}{logs.stderr}")
-        time.sleep(0.3)
+# --- the service in its container ----------------------------------------------------------
 
 
 @pytest.mark.docker
 def test_image_serves_healthz_sha_and_keeps_ledger_across_recreate(
     engine: str, image: str, image_sha: str, tmp_path: Path, cleanup: list
 ) -> None:
-    helped = docker(engine, "run", "--rm", "--network", "none", image, "--help", check=False)
-    if not re.search(r"\bserve\b", helped.stdout):
-        pytest.skip("`kuadeploy serve` does not exist yet")
-
     token = secrets.token_urlsafe(24)
     config = tmp_path / "kuadeploy.toml"
     config.write_text(
@@ -371,7 +282,7 @@ def test_image_serves_healthz_sha_and_keeps_ledger_across_recreate(
             "0s",
             image,
         )
-        health = _wait_healthz(engine, name, port)
+        health = wait_healthz(engine, name, port)
         assert health["status"] == "ok"
         assert health["git_sha"] == image_sha
         return health

@@ -38,6 +38,7 @@ from kuadeploy.adapters.docker_specs import (
     one_off_settings,
     parse_docker_time,
 )
+from kuadeploy.adapters.dockerignore import context_paths
 from kuadeploy.entry import Container
 
 # aiodocker reports a refused or broken connection as this pseudo HTTP status.
@@ -108,13 +109,22 @@ def ssl_context(tls: TlsFiles) -> ssl.SSLContext:
     return context
 
 
-def tar_directory(directory: Path) -> IO[bytes]:
-    """The build context as a tar file on disk (contexts can be large); symlinks
-    stay links, never followed."""
+def tar_directory(directory: Path, dockerfile: str = "Dockerfile") -> IO[bytes]:
+    """The build context as a tar file on disk (contexts can be large), filtered by
+    its .dockerignore as the docker CLI does; symlinks stay links, never followed.
+    Owners are 0:0 with no names, as the CLI sends them, so layers built from the
+    same files by either are the same cache entries."""
     buffer = tempfile.TemporaryFile()  # noqa: SIM115 (the build closes it)
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for child in sorted(directory.iterdir()):
-            tar.add(child, arcname=child.name, recursive=True)
+        for rel in context_paths(directory, dockerfile):
+            info = tar.gettarinfo(directory / rel, arcname=rel)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            if info.isreg():
+                with open(directory / rel, "rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)
     buffer.seek(0)
     return buffer
 
@@ -192,7 +202,7 @@ class Engine:
             "forcerm": "1",  # no intermediate containers left after a failure
         }
         if isinstance(context, Path):
-            archive = await asyncio.to_thread(tar_directory, context)
+            archive = await asyncio.to_thread(tar_directory, context, dockerfile)
         else:
             archive = io.BytesIO(context)
         tail: deque[str] = deque(maxlen=_LOG_TAIL_LINES)
@@ -305,17 +315,30 @@ class Engine:
         """
         env = container_env(settings, resolved_env or {}, sha)
         body = create_body(settings, image=image, labels=labels, env=env)
+        return await self.create_and_start(name, body)
+
+    async def create_and_start(self, name: str, body: Mapping[str, Any]) -> str:
+        """Create container `name` from a raw `POST /containers/create` body and start
+        it; its ID. One that cannot start is removed again (its volumes kept)."""
         async with self._calling("create container"):
             try:
-                created = await self._docker.containers.create(body, name=name)
+                created = await self._docker.containers.create(dict(body), name=name)
             except aiodocker.DockerError as e:
                 raise _failure(e, f"create container {name}", ContainerError) from e
             try:
                 await created.start()
             except aiodocker.DockerError as e:
-                await self.remove_container(created.id, force=True)
+                await self.remove_container(created.id, force=True, volumes=False)
                 raise _failure(e, f"start container {name}", ContainerError) from e
         return created.id
+
+    async def start_existing(self, name: str) -> None:
+        """Start a created or stopped container again, as it was configured."""
+        async with self._calling("start container"):
+            try:
+                await self._docker.containers.container(name).start()
+            except aiodocker.DockerError as e:
+                raise _failure(e, f"start container {name}", ContainerError) from e
 
     async def stop_container(self, name: str, *, timeout_s: int = 10) -> bool:
         """SIGTERM, then SIGKILL after `timeout_s`; False when there is no such container."""
@@ -328,11 +351,14 @@ class Engine:
                 raise _failure(e, f"stop container {name}", ContainerError) from e
         return True
 
-    async def remove_container(self, name: str, *, force: bool = False) -> bool:
-        """Remove `name` (killing it first with force); False when it did not exist."""
+    async def remove_container(
+        self, name: str, *, force: bool = False, volumes: bool = True
+    ) -> bool:
+        """Remove `name` (killing it first with force); False when it did not exist.
+        `volumes=False` keeps its anonymous volumes (they may hold data in use)."""
         async with self._calling("remove container"):
             try:
-                await self._docker.containers.container(name).delete(force=force, v=True)
+                await self._docker.containers.container(name).delete(force=force, v=volumes)
             except aiodocker.DockerError as e:
                 if e.status == 404:
                     return False
@@ -346,14 +372,20 @@ class Engine:
             except aiodocker.DockerError as e:
                 raise _failure(e, f"rename container {name} to {new_name}", ContainerError) from e
 
-    async def inspect_container(self, name: str) -> ContainerState | None:
+    async def inspect_container_raw(self, name: str) -> dict[str, Any] | None:
+        """The engine's whole inspect document (`docker inspect`), or None."""
         async with self._calling("inspect container"):
             try:
-                data = await self._docker.containers.container(name).show()
+                return await self._docker.containers.container(name).show()
             except aiodocker.DockerError as e:
                 if e.status == 404:
                     return None
                 raise _failure(e, f"inspect container {name}", ContainerError) from e
+
+    async def inspect_container(self, name: str) -> ContainerState | None:
+        data = await self.inspect_container_raw(name)
+        if data is None:
+            return None
         state = data["State"]
         return ContainerState(
             id=data["Id"],

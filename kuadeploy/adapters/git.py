@@ -133,6 +133,15 @@ class Mirror:
         full = self.commit_of(sha)
         return full == head or self.repo.descendant_of(head, full)
 
+    def read_file(self, sha: str, path: str) -> bytes | None:
+        """The file at `path` in commit `sha`; None when there is no such file."""
+        tree = self.repo[self.commit_of(sha)].peel(pygit2.Commit).tree
+        try:
+            obj = self.repo[tree[path].id]
+        except KeyError:
+            return None
+        return obj.data if obj.type == ObjectType.BLOB else None
+
     def changed_paths(self, old: str | None, new: str) -> list[str]:
         """Paths that differ between commits `old` and `new` (both sides of a
         rename); with no `old`, every file of `new`."""

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from kuadeploy import GIT_SHA
 from kuadeploy import events as ev
 from kuadeploy.adapters import git
 from kuadeploy.adapters.docker import BuildFailed, EngineError
@@ -32,6 +33,7 @@ from kuadeploy.pipeline.globs import matching
 from kuadeploy.pipeline.secrets import SecretError, resolve_env
 from kuadeploy.pipeline.verify import VerifyFailed, verify_release
 from kuadeploy.projector import State
+from kuadeploy.selfdeploy.start import HandoffRefused, plan_handoff, wait_for_takeover
 from projections.deploys import DeployView
 from projections.runtime import Release, newest_first
 
@@ -78,6 +80,10 @@ class DeployRun:
         self.stream = f"deploy/{view.id}"
         self.stop_reason: str | None = None  # set by the runner before it cancels us
         self.switched = False
+        # self-deploy: from the hand-off record on, no user cancel; once the transient
+        # container runs, the outcome is the next instance's to record, not ours
+        self.in_handoff = False
+        self.handed_off = False
         self.step_name: str | None = None
         self.env: dict[str, str] | None = None
         self.work = ctx.data_dir / "work" / view.id
@@ -96,6 +102,8 @@ class DeployRun:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()  # we own this cancellation: finish the bookkeeping
+            if self.handed_off:
+                return  # stopped by the hand-off itself: the next instance records it
             await self._stopped()
         except StepError:
             pass  # recorded
@@ -114,12 +122,16 @@ class DeployRun:
         if self.request.image_id is not None:  # a rollback request: a retained image
             sha, image_id = self.request.sha or "", self.request.image_id
         else:
+            if entry.mode == "self":
+                # No moment after a hand-off is ours to prune in (the new instance starts
+                # while the old container still exists): earlier releases go now.
+                await self.prune()
             sha = await self._before_switch(self.step("fetch", self.fetch, self._t("fetch")))
             if sha is None:
                 return
-            if not self.request.force and self.previous and self.previous.sha == sha:
-                reason = f"{sha} is already the verified release; nothing to do"
-                await self.emit(ev.DeployCancelled(self.app, reason))
+            noop = None if self.request.force else self._noop(sha)
+            if noop is not None:
+                await self.emit(ev.DeployCancelled(self.app, noop))
                 return
             touched = await self._before_switch(self.gate(sha))
             if touched is None:
@@ -136,6 +148,9 @@ class DeployRun:
                 )
                 if done is None:
                     return
+        if entry.mode == "self":
+            await self.hand_off(sha, image_id)
+            return
         self.switched = True
         try:
             await self.step("recreate", lambda: self.recreate(sha, image_id), self._t("recreate"))
@@ -268,7 +283,7 @@ class DeployRun:
                     context,
                     tag=f"kua-{self.app}:{sha}",
                     dockerfile=entry.dockerfile,
-                    build_args={BUILD_ARG_SHA: sha},
+                    build_args={**entry.build_args, BUILD_ARG_SHA: sha},
                     labels=release_labels(self.app, sha, self.id),
                     on_log=on_log,
                 )
@@ -323,6 +338,52 @@ class DeployRun:
             self.ctx.config.deploy.health_poll_s,
         )
 
+    async def hand_off(self, sha: str, image_id: str) -> None:
+        """Self-deploy: hand over to a transient container from the new image (see
+        kuadeploy/selfdeploy). This instance records only a failure to hand over."""
+        assert self.entry is not None
+        self.step_name = "recreate"
+        await self.emit(ev.StepStarted(self.app, "recreate"))
+        engine = self.engine()
+        try:
+            async with asyncio.timeout(self._t("recreate")):
+                handoff, body = await plan_handoff(
+                    engine, self.entry, self.app, self.id, sha, image_id
+                )
+        except (HandoffRefused, EngineError, TimeoutError) as exc:
+            await self._handoff_failed(str(exc) or repr(exc))
+            return
+        self.in_handoff = True
+        await self.emit(handoff)
+        start = asyncio.ensure_future(engine.create_and_start(handoff.transient, body))
+        try:
+            await asyncio.shield(start)
+        except asyncio.CancelledError:  # shutting down: did the transient start?
+            await asyncio.gather(start, return_exceptions=True)
+            self.handed_off = not start.cancelled() and start.exception() is None
+            raise
+        except EngineError as exc:
+            self.in_handoff = False
+            await self._handoff_failed(f"the hand-off container did not start: {exc}")
+            return
+        self.handed_off = True
+        log.info("deploy %s: handed over to %s", self.id, handoff.transient)
+        why = await wait_for_takeover(engine, handoff)
+        self.handed_off = self.in_handoff = False
+        await self._handoff_failed(why)
+
+    async def _handoff_failed(self, reason: str) -> None:
+        await self.emit(ev.StepFailed(self.app, "recreate", reason))
+        await self.emit(ev.DeployFailed(self.app, reason, "recreate"))
+
+    def _noop(self, sha: str) -> str | None:
+        """Why deploying `sha` would change nothing, if it would not."""
+        if self.previous is not None and self.previous.sha == sha:
+            return f"{sha} is already the verified release; nothing to do"
+        if self.entry is not None and self.entry.mode == "self" and sha == GIT_SHA:
+            return f"kuadeploy already runs {sha}; nothing to do"
+        return None
+
     async def rollback(self, why: str) -> None:
         prev = self.previous
         await self.emit(
@@ -367,11 +428,15 @@ class DeployRun:
         keep = {r.image_id for r in newest_first(runtime)[: self.entry.keep_releases]}
         try:
             images = await self.engine().list_images({LABEL_APP: self.app})
-            for image in images:
-                if image.id not in keep:
-                    await self.engine().remove_image(image.id, force=False)
         except EngineError as exc:  # pruning is housekeeping: never fails a deploy
             log.warning("pruning images of %s: %s", self.app, exc)
+            return
+        for image in images:
+            if image.id not in keep:
+                try:
+                    await self.engine().remove_image(image.id, force=False)
+                except EngineError as exc:  # in use, say: the next prune tries again
+                    log.warning("pruning image %s of %s: %s", image.id[:19], self.app, exc)
 
     # --- helpers ------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 Queued deploys are the projection's; a worker per app runs the oldest queued one
 and looks again when it ends. At start-up, deploys that were in flight when the
-previous process died get `DeployInterrupted` before the queue resumes.
+previous process died get `DeployInterrupted` before the queue resumes — except a
+self-deploy that handed over, whose outcome this very process is (selfdeploy/decide.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import logging
 from kuadeploy import events as ev
 from kuadeploy.ledger import NewEvent, StoredEvent
 from kuadeploy.pipeline.run import ACTOR, Context, DeployRun
+from kuadeploy.selfdeploy.decide import handoff_of, resolve
+from kuadeploy.selfdeploy.instance import whoami
+from kuadeploy.selfdeploy.report import read_report, report_path
 from projections.deploys import active_deploys
 
 log = logging.getLogger(__name__)
@@ -33,17 +37,40 @@ class DeployRunner:
 
     async def _interrupt_leftovers(self) -> None:
         """Deploys running or held when the last process stopped cannot be resumed
-        truthfully: record that they were interrupted; the queue goes on."""
-        items = []
+        truthfully: record that they were interrupted; the queue goes on. A
+        self-deploy that handed over is not interrupted but decided: this process
+        is either its new release (success) or the previous one (failed, rolled back).
+        """
+        batches = []
         for view in active_deploys(self.ctx.state().deploys):
             if view.status == "queued":
                 continue
-            at = next((s.name for s in reversed(view.steps) if s.status == "running"), None)
-            reason = f"kuadeploy restarted while {view.status}" + (f" ({at})" if at else "")
-            data = ev.DeployInterrupted(view.app, reason)
-            items.append(NewEvent(f"deploy/{view.id}", data, len(view.events)))
-        for item in items:
-            await self.ctx.ledger.append([item], actor=ACTOR)
+            if view.handoff is not None:
+                outcome = await self._handoff_outcome(view.id, view.handoff)
+            else:
+                at = next((s.name for s in reversed(view.steps) if s.status == "running"), None)
+                reason = f"kuadeploy restarted while {view.status}" + (f" ({at})" if at else "")
+                outcome = [ev.DeployInterrupted(view.app, reason)]
+            stream = f"deploy/{view.id}"
+            first, *rest = outcome
+            batches.append(
+                [NewEvent(stream, first, len(view.events)), *(NewEvent(stream, d) for d in rest)]
+            )
+        for batch in batches:
+            await self.ctx.ledger.append(batch, actor=ACTOR)
+            deploy_id = batch[0].stream.removeprefix("deploy/")
+            report_path(self.ctx.config, deploy_id).unlink(missing_ok=True)  # recorded now
+
+    async def _handoff_outcome(self, deploy_id: str, handoff: dict) -> list[ev.EventData]:
+        h = handoff_of(handoff)
+        try:
+            engine = self.ctx.engines.get(h.server)
+        except KeyError:  # the server left the config: judge by the SHA alone
+            engine = None
+        me = await whoami(engine)
+        outcome = resolve(h, me, read_report(self.ctx.config, deploy_id))
+        log.info("self-deploy hand-off to %s: %s", h.sha[:12], type(outcome[-1]).__name__)
+        return outcome
 
     def _on_commit(self, batch: list[StoredEvent]) -> None:
         for stored in batch:
@@ -80,12 +107,19 @@ class DeployRunner:
     def running(self, deploy_id: str) -> bool:
         return deploy_id in self._runs
 
+    def handing_off(self, deploy_id: str) -> bool:
+        """A self-deploy past its hand-off record: it can no longer be cancelled."""
+        entry = self._runs.get(deploy_id)
+        return entry is not None and entry[0].in_handoff
+
     async def cancel(self, deploy_id: str, reason: str) -> bool:
         """Stop a running deploy; it restores what was running and records why."""
         entry = self._runs.get(deploy_id)
         if entry is None:
             return False
         run, task = entry
+        if run.in_handoff:
+            return False
         run.stop_reason = reason
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
