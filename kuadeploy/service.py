@@ -6,9 +6,12 @@ HTTP handlers and CLI commands call methods here; nothing here knows HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
+from collections import defaultdict
+from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -58,6 +61,10 @@ class Service:
         self.servers = set(config.servers)
         self.last_verify: VerifyResult | None = None
         self._verify_lock = asyncio.Lock()
+        # One decision at a time per app: the stream versions already make appends
+        # atomic, but two requests deciding on one state would both queue a deploy (new
+        # streams never conflict), and contending PATCHes would retry instead of queueing.
+        self._app_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._lock_fd = lock_fd
         self.bootstrap_token: str | None = None
         self.notifier = Notifier()
@@ -107,6 +114,14 @@ class Service:
         for sink in self.sinks:
             await sink.close()
         os.close(self._lock_fd)
+
+    @contextlib.asynccontextmanager
+    async def locked(self, *apps: str) -> AsyncIterator[None]:
+        """Hold the decision locks of `apps` (taken in sorted order: no deadlock)."""
+        async with contextlib.AsyncExitStack() as stack:
+            for app in sorted(set(apps)):
+                await stack.enter_async_context(self._app_locks[app])
+            yield
 
     def health_details(self) -> dict[str, Any]:
         """Extra `/healthz` fields: problems that do not stop the service (a failing sink…)."""
@@ -208,15 +223,16 @@ class Service:
         )
 
     async def _execute(self, app, decide, actor, pre, dry_run) -> reg.Outcome:
-        return await reg.execute(
-            self.ledger,
-            self.registry,
-            app,
-            decide,
-            actor=actor,
-            dry_run=dry_run,
-            strict=pre.if_match is not None,
-        )
+        async with contextlib.nullcontext() if dry_run else self.locked(app):
+            return await reg.execute(
+                self.ledger,
+                self.registry,
+                app,
+                decide,
+                actor=actor,
+                dry_run=dry_run,
+                strict=pre.if_match is not None,
+            )
 
     async def history(self, app: str) -> list[Change]:
         changes: list[Change] = []
@@ -236,6 +252,12 @@ class Service:
         self, app: str, actor: str, trigger: str = "api", **request: Any
     ) -> dep.Requested:
         """Queue a deploy (or say why it is a no-op); the runner picks it up."""
+        async with self.locked(app):
+            return await self._request_deploy(app, actor, trigger, **request)
+
+    async def _request_deploy(
+        self, app: str, actor: str, trigger: str, **request: Any
+    ) -> dep.Requested:
         deploy_id = dep.new_deploy_id()
         for _ in range(50):
             s = self.state

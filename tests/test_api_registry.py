@@ -272,3 +272,32 @@ async def test_tokens_added_by_the_cli_work_without_restart(api, tmp_path):
     assert status == 403
     assert token not in (tmp_path / "tokens.json").read_text()
     assert TOKENS["admin"] not in (tmp_path / "tokens.json").read_text()
+
+
+async def test_hundred_concurrent_unconditional_patches_all_apply(api):
+    await api.call("PUT", "/api/v1/apps/web", json=entry_doc())
+    results = await asyncio.gather(
+        *(
+            api.call("PATCH", "/api/v1/apps/web", json={"container": {"env": {f"K{i}": "v"}}})
+            for i in range(100)
+        )
+    )
+    assert [r[0] for r in results] == [200] * 100
+    _, now, _ = await api.call("GET", "/api/v1/apps/web")
+    assert len(now["entry"]["container"]["env"]) == 100 and now["version"] == 101
+
+
+async def test_concurrent_deploy_requests_for_one_sha_queue_one_deploy(api, tmp_path):
+    # the repository does not exist: the deploy fails at fetch without leaving the machine
+    doc = entry_doc(repo=str(tmp_path / "no-such-repo.git"))
+    await api.call("PUT", "/api/v1/apps/web", json=doc)
+    sha = "ab" * 20
+    results = await asyncio.gather(
+        *(
+            api.call("POST", "/api/v1/apps/web/deploy", role="deployer", json={"sha": sha})
+            for _ in range(10)
+        )
+    )
+    ids = {r[1]["deploy_id"] for r in results}
+    assert len(ids) == 1, results
+    assert sorted(r[0] for r in results) == [200] * 9 + [202]

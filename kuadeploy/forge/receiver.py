@@ -3,10 +3,6 @@ conflict, and answer a repeated delivery UUID from the ledger."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections import defaultdict
-
 from kuadeploy import events as ev
 from kuadeploy.commands import deploys as dep
 from kuadeploy.commands.webhooks import Answer, Delivery, answer_of, apps_to_deploy
@@ -19,10 +15,6 @@ from kuadeploy.service import Service
 class WebhookReceiver:
     def __init__(self, service: Service):
         self.service = service
-        # Per app: one delivery at a time decides and appends. Two deliveries deciding
-        # on the same state would both queue a deploy (nothing in the append conflicts
-        # while the running deploy is untouched); in turn, each sees the other's.
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def receive(self, delivery: Delivery) -> tuple[Answer, bool]:
         """(answer, whether it is the recorded answer to an earlier delivery).
@@ -32,9 +24,9 @@ class WebhookReceiver:
         is written. That costs a decision, but spares every new delivery a read."""
         svc = self.service
         apps = apps_to_deploy(delivery.payload, svc.state.registry)
-        async with contextlib.AsyncExitStack() as stack:
-            for app in apps:  # sorted: no two deliveries wait on each other
-                await stack.enter_async_context(self._locks[app])
+        # Per app, one decision at a time (deliveries and API requests alike): two
+        # deciding on one state would both queue a deploy of the same SHA.
+        async with svc.locked(*apps):
             for _ in range(50):
                 decision = decide(delivery, svc.state, dep.new_deploy_id)
                 try:
