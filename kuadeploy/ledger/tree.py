@@ -64,7 +64,7 @@ def advance(
                 pending[(level, index)] = hash_
         push(hash_)
         size += 1
-    return TreeState(size, tuple(peaks))
+    return TreeState.trusted(size, tuple(peaks))
 
 
 def iter_bodies(conn: sqlite3.Connection, after: int, until: int | None = None) -> Iterator[bytes]:
