@@ -115,11 +115,16 @@ class Service:
             await sink.close()
         os.close(self._lock_fd)
 
-    @contextlib.asynccontextmanager
-    async def locked(self, *apps: str) -> AsyncIterator[None]:
+    def locked(self, *apps: str) -> contextlib.AbstractAsyncContextManager:
         """Hold the decision locks of `apps` (taken in sorted order: no deadlock)."""
+        if len(apps) == 1:  # the usual case, on every change: no generator, no stack
+            return self._app_locks[apps[0]]
+        return self._locked_many(sorted(set(apps)))
+
+    @contextlib.asynccontextmanager
+    async def _locked_many(self, apps: list[str]) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            for app in sorted(set(apps)):
+            for app in apps:
                 await stack.enter_async_context(self._app_locks[app])
             yield
 
@@ -184,6 +189,12 @@ class Service:
         return report
 
     # --- registry -------------------------------------------------------------------
+
+    def app_version(self, app: str) -> int:
+        current = self.registry.apps.get(app)
+        if current is None or current.entry is None:
+            raise ApiError.not_found(f"app {app!r} is not registered")
+        return current.version
 
     def get_app(self, app: str) -> dict[str, Any]:
         current = self.registry.apps.get(app)

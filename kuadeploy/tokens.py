@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
 from pathlib import Path
 
 import msgspec
@@ -68,14 +69,20 @@ def add_token(data_dir: str, actor: str, role: Role) -> str:
 class TokenBook:
     """The tokens from the config plus the data dir's token file (re-read when it changes)."""
 
+    # The token file is looked at again at most this often for known tokens, and on
+    # every miss, so a token added by `kuadeploy token add` works at once.
+    RECHECK_S = 1.0
+
     def __init__(self, config: Config):
         self._config_tokens = list(config.tokens)
         self._path = tokens_path(config.data_dir)
         self._stamp: tuple[int, int] | None = None
         self._entries: list[tuple[bytes, Principal]] = []
+        self._checked = 0.0
         self._reload()
 
     def _reload(self) -> None:
+        self._checked = time.monotonic()
         try:
             st = os.stat(self._path)
             stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
@@ -95,8 +102,16 @@ class TokenBook:
         return len(self._entries)
 
     def authenticate(self, token: str) -> Principal | None:
-        self._reload()
+        if time.monotonic() - self._checked > self.RECHECK_S:
+            self._reload()  # a revoked token stops working within RECHECK_S
         digest = hashlib.sha256(token.encode()).digest()
+        found = self._find(digest)
+        if found is None:
+            self._reload()
+            found = self._find(digest)
+        return found
+
+    def _find(self, digest: bytes) -> Principal | None:
         found = None
         for stored, principal in self._entries:  # no early exit: time does not depend on which
             if hmac.compare_digest(stored, digest):

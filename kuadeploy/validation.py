@@ -20,6 +20,8 @@ from kuadeploy.adapters.docker_specs import BUILD_ARG_SHA
 from kuadeploy.entry import AppEntry
 
 APP_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # env and build argument names
+_HTTP_URL = re.compile(r"^https?://[^/\s]+(/\S*)?$")
 _SHELL_META = set(" \t\n;&|$`<>()'\"\\!*?[]{}#")
 
 
@@ -34,6 +36,7 @@ def check_app_name(name: str) -> list[Problem]:
     return [Problem("app", f"app name {name[:80]!r} must match {APP_NAME.pattern}")]
 
 
+@functools.lru_cache(maxsize=4096)  # the same few names are checked on every change
 def check_branch(branch: str) -> str | None:
     """`git check-ref-format --branch` rules, no leading '-', no shell metacharacters."""
     if len(branch) > 200:
@@ -56,6 +59,7 @@ def check_branch(branch: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
 def check_repo_path(path: str) -> str | None:
     """A path inside the repository: relative, no '..' escaping the root."""
     if not path or path.startswith("/") or "\x00" in path or "\\" in path:
@@ -145,17 +149,17 @@ def _check_semantics(obj: dict, servers: set[str]) -> list[Problem]:
             problems.append(Problem(f"$.migrations.paths[{i}]", message))
     build_args = obj.get("build_args")
     for key in build_args if isinstance(build_args, dict) else ():
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+        if not _NAME.match(key):
             problems.append(Problem(f"$.build_args.{key}", "not a valid build argument name"))
         elif key == BUILD_ARG_SHA:
             problems.append(Problem(f"$.build_args.{key}", "set by kuadeploy to the deployed SHA"))
     url = text("verify", "health_url")
-    if url is not None and not re.match(r"^https?://[^/\s]+(/\S*)?$", url):
+    if url is not None and not _HTTP_URL.match(url):
         problems.append(Problem("$.verify.health_url", "must be an http:// or https:// URL"))
     container = obj.get("container")
     env = container.get("env") if isinstance(container, dict) else None
     for key in env if isinstance(env, dict) else ():
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+        if not _NAME.match(key):
             problems.append(Problem(f"$.container.env.{key}", "not a valid variable name"))
     return problems
 

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from kuadeploy import events as ev
-from kuadeploy.entry import entry_to_builtins
+from kuadeploy.entry import AppEntry, entry_to_builtins
 from kuadeploy.errors import ApiError
 from kuadeploy.jsondoc import diff, merge_patch
 from kuadeploy.ledger import ConflictError, Ledger, NewEvent
@@ -31,8 +31,8 @@ class Preconditions(msgspec.Struct, frozen=True):
 class Decision(msgspec.Struct):
     app: str
     change: str  # created | replaced | patched | removed | unchanged
-    before: dict | None
-    after: dict | None
+    before: AppEntry | None
+    after: AppEntry | None
     version: int  # the stream version the decision was made against
     events: list[ev.EventData] = []
 
@@ -58,12 +58,9 @@ class Outcome(msgspec.Struct):
 
     def dry_run_body(self) -> dict[str, Any]:
         d = self.decision
-        return {
-            "dry_run": True,
-            "before": d.before,
-            "after": d.after,
-            "diff": diff(d.before, d.after),
-        }
+        before = entry_to_builtins(d.before) if d.before else None
+        after = entry_to_builtins(d.after) if d.after else None
+        return {"dry_run": True, "before": before, "after": after, "diff": diff(before, after)}
 
 
 def decide_put(
@@ -74,13 +71,12 @@ def decide_put(
     if problems:
         raise ApiError.invalid(problems)
     assert entry is not None
-    after = entry_to_builtins(entry)
     version = current.version if current else 0
-    if before == after:
-        return Decision(app, "unchanged", before, after, version)
+    if before == entry:  # Struct equality: field by field, in C
+        return Decision(app, "unchanged", before, entry, version)
     if before is None:
-        return Decision(app, "created", None, after, version, [ev.AppRegistered(app, entry)])
-    return Decision(app, "replaced", before, after, version, [ev.AppReplaced(app, entry)])
+        return Decision(app, "created", None, entry, version, [ev.AppRegistered(app, entry)])
+    return Decision(app, "replaced", before, entry, version, [ev.AppReplaced(app, entry)])
 
 
 def decide_patch(
@@ -91,15 +87,14 @@ def decide_patch(
         raise ApiError.not_found(f"app {app!r} is not registered")
     if not isinstance(patch, dict):
         raise ApiError.invalid_one("$", "a merge patch for an entry must be a JSON object")
-    entry, problems = validate_entry(merge_patch(before, patch), servers)
+    entry, problems = validate_entry(merge_patch(entry_to_builtins(before), patch), servers)
     if problems:
         raise ApiError.invalid(problems)
     assert entry is not None
-    after = entry_to_builtins(entry)
-    if before == after:
-        return Decision(app, "unchanged", before, after, current.version)
+    if before == entry:
+        return Decision(app, "unchanged", before, entry, current.version)
     return Decision(
-        app, "patched", before, after, current.version, [ev.AppPatched(app, entry, patch)]
+        app, "patched", before, entry, current.version, [ev.AppPatched(app, entry, patch)]
     )
 
 
@@ -110,7 +105,7 @@ def decide_delete(app: str, current: AppState | None, pre: Preconditions) -> Dec
     return Decision(app, "removed", before, None, current.version, [ev.AppRemoved(app)])
 
 
-def _check_target(app: str, current: AppState | None, pre: Preconditions) -> dict | None:
+def _check_target(app: str, current: AppState | None, pre: Preconditions) -> AppEntry | None:
     if problems := check_app_name(app):
         raise ApiError.invalid(problems)
     exists = current is not None and current.entry is not None
@@ -121,7 +116,7 @@ def _check_target(app: str, current: AppState | None, pre: Preconditions) -> dic
         if not etag_matches(pre.if_match, version):
             have = f'"{version}"' if version is not None else "no entry"
             raise ApiError.precondition(f"If-Match {pre.if_match} does not match ({have})")
-    return entry_to_builtins(current.entry) if current and current.entry else None
+    return current.entry if current else None
 
 
 def etag(version: int) -> str:

@@ -1,4 +1,4 @@
-"""The aiohttp application: middlewares for logging, metrics, problems and auth."""
+"""The aiohttp application: one middleware for auth, problems, metrics and logging."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from kuadeploy.http.access import AccessLog
 from kuadeploy.http.common import PRINCIPAL, SERVICE, Handler, problem_response
 from kuadeploy.http.metrics import Metrics
 from kuadeploy.service import Service
+from kuadeploy.tokens import Principal
 
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 ACCESS_LOG: web.AppKey[AccessLog] = web.AppKey("access_log", AccessLog)
@@ -25,62 +26,58 @@ CLIENT_MAX_SIZE = 5 * 1024 * 1024 + 1
 
 
 @web.middleware
-async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """One JSON log line and metrics per request; never a token or a secret."""
+async def front(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authentication, problem+json for every error (RFC 9457), metrics and one JSON
+    access-log line per request (never a token). One layer, not three: each
+    middleware layer costs a few µs, which is a third of a whole GET."""
     started = time.perf_counter()
-    status = 500
+    who = None
     try:
+        role = getattr(request.match_info.handler, "kua_role", None)
+        if role is not None:
+            who = _authenticate(request, role)
         response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        elapsed = time.perf_counter() - started
-        route = request.match_info.route.resource
-        name = route.canonical if route is not None else "unmatched"
-        request.app[METRICS].observe_request(name, request.method, status, elapsed)
-        who = request.get(PRINCIPAL)
-        line = {
-            "method": request.method,
-            "path": request.path,
-            "status": status,
-            "ms": round(elapsed * 1000, 2),
-            "actor": who.actor if who else None,
-        }
-        request.app[ACCESS_LOG].record(line)
-
-
-@web.middleware
-async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves as application/problem+json (RFC 9457)."""
-    try:
-        return await handler(request)
     except ApiError as exc:
-        return problem_response(exc)
+        response = problem_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
+            _observe(request, exc.status, started, who)
             raise
-        detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        text = exc.text
+        detail = text if text and not text.startswith(f"{exc.status}:") else exc.reason
         keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-        return problem_response(ApiError(exc.status, exc.reason, detail), keep)
+        response = problem_response(ApiError(exc.status, exc.reason, detail), keep)
+    except BaseException:
+        _observe(request, 500, started, who)
+        raise
+    _observe(request, response.status, started, who)
+    return response
 
 
-@web.middleware
-async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    role = getattr(request.match_info.handler, "kua_role", None)
-    if role is None:
-        return await handler(request)
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
+def _authenticate(request: web.Request, role: str) -> Principal:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     who = request.app[SERVICE].tokens.authenticate(token.strip()) if scheme == "Bearer" else None
     if who is None:
         raise ApiError(401, "Unauthorized", "a valid bearer token is required")
     request[PRINCIPAL] = who
     if not who.can(role):
         raise ApiError(403, "Forbidden", f"{who.actor} is {who.role}; this needs {role}")
-    return await handler(request)
+    return who
+
+
+def _observe(request: web.Request, status: int, started: float, who: Principal | None) -> None:
+    elapsed = time.perf_counter() - started
+    resource = request.match_info.route.resource
+    name = resource.canonical if resource is not None else "unmatched"
+    request.app[METRICS].observe_request(name, request.method, status, elapsed)
+    line = {
+        "method": request.method,
+        "path": request.path,
+        "status": status,
+        "ms": round(elapsed * 1000, 2),
+        "actor": who.actor if who else None,
+    }
+    request.app[ACCESS_LOG].record(line)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -93,17 +90,15 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 def make_app(service: Service) -> web.Application:
-    app = web.Application(
-        middlewares=[observe, problems, authenticate], client_max_size=CLIENT_MAX_SIZE
-    )
+    app = web.Application(middlewares=[front], client_max_size=CLIENT_MAX_SIZE)
     app[SERVICE] = service
     metrics = Metrics()
     app[METRICS] = metrics
     app[ACCESS_LOG] = AccessLog()
     service.ledger.subscribe(lambda batch: metrics.observe_batch(len(batch)))
     app.router.add_get("/metrics", metrics_handler)
+    registry_routes.setup(app)  # first: the router tries dynamic routes in order
     app.add_routes(ledger_routes.routes)
-    app.add_routes(registry_routes.routes)
     app.add_routes(deploy_routes.routes)
     app.add_routes(audit_routes.routes)
     app.add_routes(openapi_routes.routes)

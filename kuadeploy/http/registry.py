@@ -9,6 +9,16 @@ from kuadeploy.commands.registry import Outcome, Preconditions, etag
 from kuadeploy.http.common import flag, json_response, principal, read_json, requires, service
 
 routes = web.RouteTableDef()
+# app -> (version, encoded GET answer): reads of a popular entry are served as bytes.
+RENDERED: web.AppKey[dict[str, tuple[int, bytes]]] = web.AppKey("rendered_apps", dict)
+_encoder = msgspec.json.Encoder()
+
+
+def setup(app: web.Application) -> None:
+    app[RENDERED] = {}
+    app.add_routes(routes)
+
+
 MERGE_PATCH = ("application/merge-patch+json", "application/json")
 
 
@@ -32,8 +42,14 @@ async def list_apps(request: web.Request) -> web.Response:
 @routes.get("/api/v1/apps/{app}")
 @requires("reader")
 async def get_app(request: web.Request) -> web.Response:
-    doc = service(request).get_app(request.match_info["app"])
-    return json_response(doc, headers={"ETag": etag(doc["version"])})
+    svc, app = service(request), request.match_info["app"]
+    version = svc.app_version(app)
+    cache = request.app[RENDERED]
+    cached = cache.get(app)
+    if cached is None or cached[0] != version:  # an entry never changes within a version
+        cached = cache[app] = (version, _encoder.encode(svc.get_app(app)))
+    headers = {"Content-Type": "application/json", "ETag": etag(cached[0])}
+    return web.Response(body=cached[1], headers=headers)
 
 
 @routes.put("/api/v1/apps/{app}")

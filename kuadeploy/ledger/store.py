@@ -7,11 +7,12 @@ transaction (one fsync). A request whose check fails gets a ConflictError and
 the rest of the batch still commits. Futures resolve only after the commit
 returned, so an awaited append is on disk.
 
-The commit itself runs on the event loop while commits are fast, the way Redis
-runs `appendfsync always`: a hop to a worker thread costs ~50 µs here, a third
-of a durable commit, for every single-writer append. When the disk turns slow
-(commits averaging over 2 ms) commits move to a dedicated thread so the loop
-keeps serving, and come back once they are fast again. Reads go through
+A lone request's commit runs on the event loop, the way Redis runs `appendfsync
+always`: a hop to a worker thread costs ~50 µs here, a third of a durable commit,
+and with nothing else waiting there is nothing to overlap it with. A batch with
+others waiting is committed on a dedicated thread, so the loop prepares the next
+batch during the fsync; so is every commit while the disk is slow (commits
+averaging over 2 ms), so that the loop keeps serving. Reads go through
 aiosqlite's own connection thread.
 
 The Merkle tree over the events (kuadeploy/ledger/tree.py) is a cache that adds
@@ -375,7 +376,7 @@ class Ledger:
                 _fail(conflicts)
                 return
             try:
-                await self._insert(rows)
+                await self._insert(rows, alone=len(staged) == 1 and self._queue.empty())
             except sqlite3.IntegrityError:
                 # Another process appended since we read the head: re-read and retry.
                 self._reload()
@@ -441,17 +442,19 @@ class Ledger:
             staged.append((req, stored, rows))
         return staged, conflicts
 
-    async def _run(self, fn: Callable, *args: object) -> float:
+    async def _run(self, fn: Callable, *args: object, inline: bool | None = None) -> float:
         """Run a timed write on the loop, or on the commit thread while the disk is slow."""
-        if not self._threaded:
+        if inline if inline is not None else not self._threaded:
             return fn(self._writer, *args)
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="ledger-commit")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, self._writer, *args)
 
-    async def _insert(self, rows: list[tuple]) -> None:
-        elapsed = await self._run(_insert_rows, rows)
+    async def _insert(self, rows: list[tuple], alone: bool) -> None:
+        # Inline only for a lone request: with others waiting, the commit thread lets
+        # the loop prepare the next batch while this one is fsynced.
+        elapsed = await self._run(_insert_rows, rows, inline=alone and not self._threaded)
         self._commit_ewma = 0.8 * self._commit_ewma + 0.2 * elapsed
         if self._threaded and self._commit_ewma < _FAST_COMMIT_S:
             self._threaded = False
