@@ -42,10 +42,12 @@ def by_hand(app: SampleApp, docker: str, clone: Path, sha: str) -> float:
     env = {**os.environ, "DOCKER_HOST": docker, "DOCKER_BUILDKIT": "0"}
     started = time.perf_counter()
 
-    def run(*cmd: str, cwd: Path | None = None) -> str:
-        return subprocess.run(
-            cmd, cwd=cwd, env=env, check=True, capture_output=True, text=True
-        ).stdout
+    marks: list[tuple[str, float]] = []
+
+    def run(*cmd: str) -> str:
+        out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+        marks.append((" ".join(cmd[:2]), time.perf_counter() - started))
+        return out
 
     if (clone / "HEAD").exists():
         run("git", "--git-dir", str(clone), "fetch", "-q", "origin", "+refs/heads/*:refs/heads/*")
@@ -76,6 +78,8 @@ def by_hand(app: SampleApp, docker: str, clone: Path, sha: str) -> float:
         if time.time() > deadline:
             raise SystemExit("hand-run container never became healthy")
         time.sleep(0.02)
+    if os.environ.get("KUA_BENCH_STEPS"):
+        print("by hand:", ", ".join(f"{name} {t:.3f}" for name, t in marks), file=sys.stderr)
     return time.perf_counter() - started
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import posixpath
 import ssl
 import tarfile
 import tempfile
@@ -109,24 +110,40 @@ def ssl_context(tls: TlsFiles) -> ssl.SSLContext:
     return context
 
 
-def tar_directory(directory: Path, dockerfile: str = "Dockerfile") -> IO[bytes]:
+def tar_directory(
+    directory: Path, dockerfile: str = "Dockerfile", dockerfile_suffix: str = ""
+) -> IO[bytes]:
     """The build context as a tar file on disk (contexts can be large), filtered by
     its .dockerignore as the docker CLI does; symlinks stay links, never followed.
     Owners are 0:0 with no names, as the CLI sends them, so layers built from the
-    same files by either are the same cache entries."""
+    same files by either are the same cache entries. `dockerfile_suffix` is added
+    to the Dockerfile as sent (the files on disk are not touched)."""
+    target = posixpath.normpath(dockerfile)
     buffer = tempfile.TemporaryFile()  # noqa: SIM115 (the build closes it)
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for rel in context_paths(directory, dockerfile):
             info = tar.gettarinfo(directory / rel, arcname=rel)
             info.uid = info.gid = 0
             info.uname = info.gname = ""
-            if info.isreg():
+            if rel == target and dockerfile_suffix and (info.isreg() or info.issym()):
+                text = (directory / rel).read_bytes()
+                text += (b"" if text.endswith(b"\n") else b"\n") + dockerfile_suffix.encode()
+                info.type, info.linkname, info.size = tarfile.REGTYPE, "", len(text)
+                tar.addfile(info, io.BytesIO(text))
+            elif info.isreg():
                 with open(directory / rel, "rb") as f:
                     tar.addfile(info, f)
             else:
                 tar.addfile(info)
     buffer.seek(0)
     return buffer
+
+
+def label_instruction(labels: Mapping[str, str]) -> str:
+    """All labels in one LABEL instruction: the legacy builder turns each label of the
+    API's `labels` parameter into a step of its own, an image commit each (~50 ms)."""
+    pairs = " ".join(f"{json.dumps(k)}={json.dumps(v)}" for k, v in sorted(labels.items()))
+    return f"LABEL {pairs}\n"
 
 
 class Engine:
@@ -197,13 +214,14 @@ class Engine:
             "t": tag,
             "dockerfile": checked_dockerfile(dockerfile),
             "buildargs": _json(dict(build_args or {})),
-            "labels": _json(dict(labels or {})),
             "rm": "1",
             "forcerm": "1",  # no intermediate containers left after a failure
         }
         if isinstance(context, Path):
-            archive = await asyncio.to_thread(tar_directory, context, dockerfile)
+            suffix = label_instruction(labels) if labels else ""
+            archive = await asyncio.to_thread(tar_directory, context, dockerfile, suffix)
         else:
+            params["labels"] = _json(dict(labels or {}))
             archive = io.BytesIO(context)
         tail: deque[str] = deque(maxlen=_LOG_TAIL_LINES)
         image_id: str | None = None
