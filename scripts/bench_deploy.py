@@ -28,13 +28,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kuadeploy.config import DeployConfig, ServerConfig
+from kuadeploy.config import DeployConfig, ServerConfig, WebhookConfig
 from tests.api_support import (
     make_config,
     running,
 )
 from tests.deploy_support import deploy, register, wait_status
 from tests.fixtures.testapp import SampleApp, free_port
+from tests.forge import ForgeRepo, deliver
+
+SECRET = "bench-secret"
 
 
 def by_hand(app: SampleApp, docker: str, clone: Path, sha: str) -> float:
@@ -83,15 +86,24 @@ def by_hand(app: SampleApp, docker: str, clone: Path, sha: str) -> float:
     return time.perf_counter() - started
 
 
-async def with_kuadeploy(rounds: int, docker: str, work: Path) -> tuple[list[float], list[float]]:
-    ours, hand = [], []
+async def with_kuadeploy(
+    rounds: int, docker: str, work: Path
+) -> tuple[list[float], list[float], list[float]]:
+    ours, hand, hooked = [], [], []
     (work / "app").mkdir()
     app = SampleApp("bench-app", free_port(set()), work / "app")
     servers = {"a": ServerConfig(docker=docker)}
-    config = make_config(work / "data", servers=servers, deploy=DeployConfig(health_poll_s=0.02))
+    config = make_config(
+        work / "data",
+        servers=servers,
+        deploy=DeployConfig(health_poll_s=0.02),
+        webhook=WebhookConfig(secret=SECRET),
+    )
+    forge = ForgeRepo(f"bench/{app.name}", base="http://127.0.0.1:9", ssh="git@127.0.0.1")
     async with running(config) as api:
-        await register(api, app, verify={"health_url": app.health_url,
-                                         "expect_sha_in_body": True, "stable_s": 0})  # fmt: skip
+        await register(api, app, forge_repo=forge.full_name,
+                       verify={"health_url": app.health_url, "expect_sha_in_body": True,
+                               "stable_s": 0})  # fmt: skip
         view = await wait_status(api, await deploy(api, app.name))  # warm the build cache
         assert view["status"] == "succeeded", view
         by_hand(app, docker, work / "hand" / "mirror.git", app.head)
@@ -105,8 +117,22 @@ async def with_kuadeploy(rounds: int, docker: str, work: Path) -> tuple[list[flo
                 print(step_times(view), file=sys.stderr)
             sha = app.healthy(note=f"round {i} by hand")
             hand.append(by_hand(app, docker, work / "hand" / "mirror.git", sha))
+            before, sha = app.head, app.healthy(note=f"round {i} pushed")
+            hooked.append(await push_to_verified(api, forge, before, sha))
     subprocess.run(["docker", "--host", docker, "rm", "-f", app.name], capture_output=True)
-    return ours, hand
+    return ours, hand, hooked
+
+
+async def push_to_verified(api, forge: ForgeRepo, before: str, sha: str) -> float:
+    """From a Forgejo push delivery (signed, as Forgejo builds it) to the verified SHA."""
+    d = deliver("push", forge.push(sha, before=before), SECRET)
+    started = time.perf_counter()
+    async with api.session.post(api.url("/webhook/forgejo"), data=d.body, headers=d.headers) as r:
+        answer = await r.json()
+        assert r.status == 202, answer
+    view = await wait_status(api, answer["deploy_ids"][0], poll_s=0.005)
+    assert view["status"] == "succeeded" and view["sha"] == sha, view
+    return time.perf_counter() - started
 
 
 def step_times(view: dict) -> str:
@@ -140,12 +166,13 @@ def main() -> None:
     parser.add_argument("--docker", help="engine URL (default: start a private one)")
     args = parser.parse_args()
     with engine(args.docker) as url, tempfile.TemporaryDirectory() as tmp:
-        ours, hand = asyncio.run(with_kuadeploy(args.rounds, url, Path(tmp)))
-    o, h = statistics.median(ours), statistics.median(hand)
+        ours, hand, hooked = asyncio.run(with_kuadeploy(args.rounds, url, Path(tmp)))
+    o, h, w = statistics.median(ours), statistics.median(hand), statistics.median(hooked)
     print(f"\nMachine: {os.cpu_count()} cores; {args.rounds} rounds each, medians\n")
     print("| measure | kuadeploy | by hand (git + docker CLI) | ratio | target |")
     print("|---|---|---|---|---|")
     print(f"| deploy end to end, stable_s = 0 | {o:.2f} s | {h:.2f} s | {o / h:.2f}× | ≤ 1.15× |")
+    print(f"| webhook push to verified, stable_s = 0 | {w:.2f} s | – | – | recorded |")
 
 
 if __name__ == "__main__":
