@@ -224,7 +224,9 @@ def peak_rss_mb() -> float:
 # --- eventsourcing ------------------------------------------------------------------------
 
 
-def eventsourcing_rates(directory: Path, n: int) -> tuple[float, float] | None:
+def eventsourcing_rates(directory: Path, n: int) -> tuple[float, float, float] | None:
+    """eventsourcing's SQLite recorder, one aggregate event per save: (durable appends
+    a second, events read a second, events replayed into the aggregate a second)."""
     try:
         from eventsourcing.application import Application
         from eventsourcing.domain import Aggregate, event
@@ -252,27 +254,45 @@ def eventsourcing_rates(directory: Path, n: int) -> tuple[float, float] | None:
         dog.add_trick(f"trick{i}")
         app.save(dog)
     append_rate = n / (time.perf_counter() - started)
-    started = time.perf_counter()
-    replayed = sum(1 for _ in app.events.get(dog.id))
-    replay_rate = replayed / (time.perf_counter() - started)
-    return append_rate, replay_rate
+    read_rate = replay_rate = 0.0
+    for _ in range(5):  # best of five
+        started = time.perf_counter()
+        read = sum(1 for _ in app.events.get(dog.id))
+        read_rate = max(read_rate, read / (time.perf_counter() - started))
+        started = time.perf_counter()
+        replayed = app.repository.get(dog.id)
+        assert len(replayed.tricks) == n
+        replay_rate = max(replay_rate, (n + 1) / (time.perf_counter() - started))
+    return append_rate, read_rate, replay_rate
 
 
-async def ledger_append_and_replay(path: Path, n: int) -> tuple[float, float]:
+async def ledger_append_and_replay(path: Path, n: int) -> tuple[float, float, float]:
+    """The same work on our ledger: one stream, one event per durable append (a deploy
+    whose steps accumulate, as the dog's tricks do); then read and decode every event,
+    and replay them into the projections."""
     fresh(path)
     led = await Ledger.open(str(path))
-    item = sample_event(3)
+    stream = "deploy/es"
+    await led.append([NewEvent(stream, ev.DeployRequested(app="es", trigger="api"))], actor="b")
+    steps = [ev.StepStarted(app="es", step="build"), ev.StepSucceeded(app="es", step="build")]
     started = time.perf_counter()
-    for _ in range(n):
-        await led.append([NewEvent("deploy/es", item.data)], actor="bench")
+    for i in range(n):
+        await led.append([NewEvent(stream, steps[i % 2])], actor="bench")
     append_rate = n / (time.perf_counter() - started)
     await led.close()
     conn = reading.open_readonly(str(path))
-    started = time.perf_counter()
-    state = rebuild_state(conn)
-    replay_rate = state.seq / (time.perf_counter() - started)
+    decode = ev.decoder().decode
+    read_rate = replay_rate = 0.0
+    for _ in range(5):  # best of five
+        started = time.perf_counter()
+        read = sum(1 for body in reading.iter_bodies(conn, 0, n + 1) if decode(body))
+        read_rate = max(read_rate, read / (time.perf_counter() - started))
+        started = time.perf_counter()
+        state = rebuild_state(conn)
+        assert len(state.deploys.views["es"].steps) == n // 2 + n % 2
+        replay_rate = max(replay_rate, state.seq / (time.perf_counter() - started))
     conn.close()
-    return append_rate, replay_rate
+    return append_rate, read_rate, replay_rate
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -381,13 +401,16 @@ def main() -> None:
     if es is None:
         row("eventsourcing comparison", "not installed", "pip install -e '.[bench]'", "–", "–")
     else:
-        ours_append, ours_replay = asyncio.run(ledger_append_and_replay(small, es_n))
+        ours_append, ours_read, ours_replay = asyncio.run(ledger_append_and_replay(small, es_n))
         row("append vs eventsourcing (1 writer, events/s)", f"{ours_append:,.0f}",
             f"{es[0]:,.0f}", f"{ours_append / es[0]:.2f}×", "≥ 2×")  # fmt: skip
         row("append, 64 writers vs eventsourcing (events/s)", f"{many:,.0f}",
             f"{es[0]:,.0f}", f"{many / es[0]:.1f}×", "≥ 2×")  # fmt: skip
-        row("replay vs eventsourcing (events/s)", f"{ours_replay:,.0f}",
-            f"{es[1]:,.0f}", f"{ours_replay / es[1]:.1f}×", "≥ 20×")  # fmt: skip
+        row("read + typed decode vs eventsourcing events.get (events/s)", f"{ours_read:,.0f}",
+            f"{es[1]:,.0f}", f"{ours_read / es[1]:.1f}×", "–")  # fmt: skip
+        row("replay into state vs eventsourcing repository.get (events/s)",
+            f"{ours_replay:,.0f}", f"{es[2]:,.0f}", f"{ours_replay / es[2]:.1f}×",
+            "≥ 20×")  # fmt: skip
 
     print(f"\nMachine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
           f"SQLite {sqlite3.sqlite_version}, {directory}\n")  # fmt: skip
