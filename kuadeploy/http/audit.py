@@ -36,20 +36,18 @@ async def checkpoint(request: web.Request) -> web.Response:
 @routes.get("/api/v1/audit/proof/inclusion")
 @requires("reader")
 async def inclusion(request: web.Request) -> web.Response:
-    svc = service(request)
-    try:
-        body = await inclusion_from_query(svc.ledger, _checkpointer(request), request.query)
-    except ProofRequestError as exc:
-        raise ApiError.bad_request(str(exc)) from exc
-    return json_response(body)
+    return await _proof(request, inclusion_from_query)
 
 
 @routes.get("/api/v1/audit/proof/consistency")
 @requires("reader")
 async def consistency(request: web.Request) -> web.Response:
-    svc = service(request)
+    return await _proof(request, consistency_from_query)
+
+
+async def _proof(request: web.Request, from_query) -> web.Response:
     try:
-        body = await consistency_from_query(svc.ledger, _checkpointer(request), request.query)
+        body = await from_query(service(request).ledger, _checkpointer(request), request.query)
     except ProofRequestError as exc:
         raise ApiError.bad_request(str(exc)) from exc
     return json_response(body)
