@@ -13,12 +13,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import msgspec
 
 LOGGER = "kuadeploy.access"
 log = logging.getLogger(LOGGER)
+
+
+class AccessLine(msgspec.Struct, gc=False):
+    """The fields of one line, in the order of the other JSON log lines."""
+
+    ts: str
+    level: str
+    logger: str
+    method: str
+    path: str
+    status: int
+    ms: float
+    actor: str | None
 
 
 class AccessLog:
@@ -29,14 +42,14 @@ class AccessLog:
         self._second = -1
         self._stamp = ""
 
-    def record(self, line: dict[str, Any]) -> None:
+    def record(self, method: str, path: str, status: int, ms: float, actor: str | None) -> None:
         if self.stream is None:
-            log.info(line)
+            log.info({"method": method, "path": path, "status": status, "ms": ms, "actor": actor})
             return
         now = time.time()
         stamp = f"{self._local_second(int(now))},{int(now * 1000) % 1000:03d}"
-        head = {"ts": stamp, "level": "INFO", "logger": LOGGER}
-        self._pending.append(self._encoder.encode({**head, **line}))
+        line = AccessLine(stamp, "INFO", LOGGER, method, path, status, ms, actor)
+        self._pending.append(self._encoder.encode(line))
         if len(self._pending) == 1:
             asyncio.get_running_loop().call_soon(self.flush)
 

@@ -69,15 +69,10 @@ def _observe(request: web.Request, status: int, started: float, who: Principal |
     elapsed = time.perf_counter() - started
     resource = request.match_info.route.resource
     name = resource.canonical if resource is not None else "unmatched"
-    request.app[METRICS].observe_request(name, request.method, status, elapsed)
-    line = {
-        "method": request.method,
-        "path": request.path,
-        "status": status,
-        "ms": round(elapsed * 1000, 2),
-        "actor": who.actor if who else None,
-    }
-    request.app[ACCESS_LOG].record(line)
+    method = request.method
+    request.app[METRICS].observe_request(name, method, status, elapsed)
+    actor = who.actor if who else None
+    request.app[ACCESS_LOG].record(method, request.path, status, round(elapsed * 1000, 2), actor)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
