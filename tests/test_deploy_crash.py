@@ -140,3 +140,27 @@ def test_sigkill_mid_deploy_then_restart_is_truthful(tmp_path, docker_a, sample_
         assert verify["ok"] is True
     finally:
         server.stop()
+
+
+def test_sigterm_mid_build_stops_promptly_and_records_the_interruption(
+    tmp_path, docker_a, sample_app
+):
+    server = Server(tmp_path, docker_a)
+    server.start()
+    try:
+        status, _ = server.call("PUT", f"/api/v1/apps/{sample_app.name}", sample_app.entry("a"))
+        assert status == 201
+        good = server.wait(server.deploy(sample_app.name), finished)
+        sample_app.slow_build(30)
+        victim = server.deploy(sample_app.name)
+        server.wait(victim, in_step("build"))
+        started = time.time()
+        server.stop()  # SIGTERM: finish what is quick, record what is cut short
+        assert server.proc.returncode == 0 and time.time() - started < 15
+        server.start()
+        view = server.wait(victim, finished)
+        assert view["status"] == "interrupted" and "stopped during build" in view["reason"]
+        _, rt = server.call("GET", f"/api/v1/apps/{sample_app.name}/runtime-status")
+        assert rt["container"]["sha"] == good["sha"] and rt["drift"] is False
+    finally:
+        server.stop()
