@@ -33,7 +33,8 @@ from kuadeploy.audit.merkle import (
     root_at,
 )
 from kuadeploy.ledger.chain import GENESIS_HASH
-from kuadeploy.ledger.tree import advance, iter_bodies
+from kuadeploy.ledger.reading import iter_bodies
+from kuadeploy.ledger.tree import advance
 
 if TYPE_CHECKING:
     from kuadeploy.audit.checkpointer import Checkpointer

@@ -42,11 +42,18 @@ def iter_rows(conn: sqlite3.Connection, after: int = 0, until: int | None = None
 
 
 def iter_bodies(
-    conn: sqlite3.Connection, after: int, until: int, types: Sequence[str] | None = None
+    conn: sqlite3.Connection,
+    after: int,
+    until: int | None = None,
+    types: Sequence[str] | None = None,
 ) -> Iterator[bytes]:
-    """Bodies in seq order, optionally only of some event types (no decode to filter)."""
-    sql = "SELECT body FROM events WHERE seq > ? AND seq <= ?"
-    args: list = [after, until]
+    """Bodies with after < seq <= until in seq order, optionally only of some event
+    types (filtered by the indexed column, without decoding)."""
+    sql = "SELECT body FROM events WHERE seq > ?"
+    args: list = [after]
+    if until is not None:
+        sql += " AND seq <= ?"
+        args.append(until)
     if types:
         sql += f" AND type IN ({','.join('?' * len(types))})"
         args.extend(types)

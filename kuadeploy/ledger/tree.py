@@ -25,10 +25,11 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from hashlib import sha256
 
 from kuadeploy.audit.merkle import NodeId, TreeState, node_hash, tree_state_at
+from kuadeploy.ledger.reading import iter_bodies
 from kuadeploy.ledger.schema import SchemaError
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,6 @@ STORED_FROM_LEVEL = 4
 _BLOCK = 1 << STORED_FROM_LEVEL
 _ROWS_PER_STATEMENT = 256  # 3 parameters a row, far below SQLite's variable limit
 _REBUILD_CHUNK = 65536  # leaves per transaction when recomputing from the bodies
-_FETCH = 4096
 
 # (level, index) -> hash of a stored-level node not yet in the table.
 PendingNodes = MutableMapping[tuple[int, int], bytes]
@@ -65,19 +65,6 @@ def advance(
         push(hash_)
         size += 1
     return TreeState.trusted(size, tuple(peaks))
-
-
-def iter_bodies(conn: sqlite3.Connection, after: int, until: int | None = None) -> Iterator[bytes]:
-    """Event bodies with after < seq <= until, in seq order."""
-    sql = "SELECT body FROM events WHERE seq > ?"
-    args: tuple = (after,)
-    if until is not None:
-        sql += " AND seq <= ?"
-        args = (after, until)
-    cur = conn.execute(sql + " ORDER BY seq", args)
-    while rows := cur.fetchmany(_FETCH):
-        for (body,) in rows:
-            yield body
 
 
 class LedgerNodes:
