@@ -18,23 +18,20 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import Server, cpu_seconds, free_port, machine, start
+
 TOKEN = "bench-admin-token"
 APPS = 64
 ROWS: list[tuple[str, str, str, str, str, str]] = []
@@ -65,45 +62,6 @@ def bare_server(port: int, get_body: Path, patch_body: Path) -> None:
     app.router.add_get("/api/v1/apps/{app}", get)
     app.router.add_patch("/api/v1/apps/{app}", patch)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    name: str
-    url: str
-    process: subprocess.Popen
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-def start(name: str, cmd: list[str], port: int, log: Path) -> Server:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{name} exited with {proc.returncode}; see {log}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return Server(name, url, proc)
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"{name} did not listen on {url}; see {log}")
 
 
 def start_ours(directory: Path) -> Server:
@@ -182,11 +140,6 @@ def best(loads: list[Load]) -> Load:
         min(x.p99_ms for x in loads),
         min(x.cpu_us for x in loads),
     )
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def lua_script(directory: Path, method: str) -> Path:
@@ -282,19 +235,6 @@ def ratio_row(measure_: str, loads: tuple[Load, Load], target: float) -> None:
         f"{r:.2f}× ({base.cpu_us / ours.cpu_us:.2f}× by CPU/req)",
         f"≥ {target}×",
         "yes" if r >= target else "NO",
-    )
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    load = os.getloadavg()[0]
-    return (
-        f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, "
-        f"load average {load:.2f} at start"
     )
 
 

@@ -21,13 +21,9 @@ import argparse
 import asyncio
 import hashlib
 import json
-import os
-import platform
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,9 +31,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import ROOT, Server, cpu_seconds, free_port, machine, start
 
+sys.path.insert(0, str(ROOT))
 from tests.forge import ForgeRepo, deliver
 
 TOKEN = "bench-admin-token"
@@ -76,32 +73,6 @@ def row(measure: str, run: Run, target: float | None) -> None:
     print("  " + " | ".join(cells), file=sys.stderr)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process so far (/proc/PID/stat fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
 def start_server(directory: Path) -> Server:
     port = free_port()
     config = directory / "kuadeploy.toml"
@@ -113,22 +84,8 @@ def start_server(directory: Path) -> Server:
         f'sha256 = "{hashlib.sha256(TOKEN.encode()).hexdigest()}"\n'
         f'[webhook]\nsecret = "{SECRET}"\n'
     )
-    log = directory / "kuadeploy.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with log.open("ab") as out:
-        cmd = [sys.executable, "-m", "kuadeploy", "serve", "--config", str(config)]
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out, cwd=ROOT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"kuadeploy exited with {proc.returncode}; see {log}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return Server(f"http://127.0.0.1:{port}", proc)
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"kuadeploy did not listen on port {port}; see {log}")
+    cmd = [sys.executable, "-m", "kuadeploy", "serve", "--config", str(config)]
+    return start("kuadeploy", cmd, port, directory / "kuadeploy.log")
 
 
 def stalled_forge() -> socket.socket:
@@ -221,18 +178,6 @@ def repeated(i: int, n: int):
 
 def healthz(i: int, n: int):
     return "GET", "/healthz", None, {}, (200,)
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return (
-        f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, "
-        f"load average {os.getloadavg()[0]:.2f} at start"
-    )
 
 
 def main() -> None:
