@@ -291,7 +291,11 @@ class Service:
         raise ApiError(503, "Busy", f"deploys of {app} keep changing; try again")
 
     async def rollback(self, app: str, to: str | None, actor: str) -> dep.Requested:
-        sha, image_id = dep.decide_rollback(app, self.state.runtime, to)
+        current = self.registry.apps.get(app)
+        if current is None or current.entry is None:
+            raise ApiError.not_found(f"app {app!r} is not registered")
+        keep = current.entry.keep_releases
+        sha, image_id = dep.decide_rollback(app, self.state.runtime, to, keep)
         return await self.request_deploy(
             app, actor, trigger="rollback", sha=sha, image_id=image_id, force=True
         )

@@ -393,3 +393,29 @@ async def test_cancel_during_verify_restores_the_previous_release(api, sample_ap
     assert container_labels(docker_a, sample_app.name)["kua.sha"] == good["sha"]
     _, rt, _ = await api.call("GET", f"/api/v1/apps/{sample_app.name}/runtime-status")
     assert rt["release"]["sha"] == good["sha"] and rt["drift"] is False
+
+
+async def test_only_the_newest_keep_releases_images_are_kept(api, sample_app, docker_a):
+    import subprocess
+
+    await register(api, sample_app, keep_releases=2)
+    views = []
+    for i in range(4):
+        sample_app.healthy(note=f"release {i}")
+        views.append(await deployed(api, sample_app))
+    listed = subprocess.run(
+        ["docker", "--host", docker_a, "images", "-q", "--no-trunc", "--filter",
+         f"label=kua.app={sample_app.name}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert set(listed) == {views[3]["image_id"], views[2]["image_id"]}
+    status, answer, _ = await api.call(
+        "POST", f"/api/v1/apps/{sample_app.name}/rollback", role="deployer", json={}
+    )
+    view = await wait_status(api, answer["deploy_id"])
+    assert view["status"] == "succeeded" and view["image_id"] == views[2]["image_id"]
+    status, body, _ = await api.call(
+        "POST", f"/api/v1/apps/{sample_app.name}/rollback", role="deployer",
+        json={"to": views[0]["sha"]},
+    )  # fmt: skip
+    assert status == 404 and "no retained release" in body["detail"]

@@ -147,11 +147,12 @@ def decide_approve(view: DeployView | None, deploy_id: str) -> list[NewEvent]:
     return [NewEvent(_stream(deploy_id), ev.MigrationApproved(app=view.app), len(view.events))]
 
 
-def decide_rollback(app: str, runtime: Runtime, to: str | None) -> tuple[str, str]:
+def decide_rollback(app: str, runtime: Runtime, to: str | None, keep: int) -> tuple[str, str]:
     """(sha, image id) of the retained release to go back to: `to`, or the one
-    verified before the current release."""
+    verified before the current release. Only the newest `keep` releases still have
+    their images (older ones are pruned after each success)."""
     state = runtime.apps.get(app)
-    releases = newest_first(state) if state is not None else []
+    releases = newest_first(state)[:keep] if state is not None else []
     if to is not None:
         to = to.lower()
         for release in releases:
