@@ -306,17 +306,6 @@ for _cls in (
 
 _encoder = msgspec.json.Encoder(order="sorted")
 
-TERMINAL_DEPLOY_TYPES = frozenset(
-    {
-        "DeploySucceeded",
-        "DeployFailed",
-        "RolledBack",
-        "DeployCancelled",
-        "DeploySuperseded",
-        "DeployInterrupted",
-    }
-)
-
 
 def decode(body: bytes) -> Envelope:
     """Decode a stored body with the typed schema; raises msgspec.ValidationError/DecodeError."""

@@ -383,8 +383,7 @@ class Service:
     async def export(self, at: str | None) -> dict[str, Any]:
         if at is None:
             head = self.ledger.head
-            ts = (await self.ledger.event_at(head.seq)).event.ts if head.seq else None
-            return render_export(self.registry, head.seq, ts, head.hash)
+            return render_export(self.registry, head.seq, self.ledger.head_ts, head.hash)
         path = self.config.ledger_path
 
         def at_point() -> dict[str, Any]:

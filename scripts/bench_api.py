@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import Server, cpu_seconds, free_port, machine, start
+from benchlib import Server, cpu_seconds, free_port, machine, print_table, start
 
 TOKEN = "bench-admin-token"
 APPS = 64
@@ -279,14 +279,12 @@ def main() -> None:
         if not args.dir:
             shutil.rmtree(directory, ignore_errors=True)
 
-    print(
-        f"\nMachine: {where}. Load generator: wrk, 1 thread, keep-alive; servers: one process "
-        f"each; best of {args.rounds} interleaved {args.seconds} s runs per cell.\n"
+    intro = (
+        f"Machine: {where}. Load generator: wrk, 1 thread, keep-alive; servers: one process "
+        f"each; best of {args.rounds} interleaved {args.seconds} s runs per cell."
     )
-    print("| measure | kuadeploy | ceiling: bare aiohttp | throughput ratio | target | met |")
-    print("|---|---|---|---|---|---|")
-    for r in ROWS:
-        print("| " + " | ".join(r) + " |")
+    header = ("measure", "kuadeploy", "ceiling: bare aiohttp", "throughput ratio", "target", "met")
+    print_table(intro, header, ROWS)
 
 
 if __name__ == "__main__":

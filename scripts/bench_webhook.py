@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import ROOT, Server, cpu_seconds, free_port, machine, start
+from benchlib import ROOT, Server, cpu_seconds, free_port, machine, print_table, start
 
 sys.path.insert(0, str(ROOT))
 from tests.forge import ForgeRepo, deliver
@@ -217,16 +217,14 @@ def main() -> None:
         server.stop()
         if not args.dir:
             shutil.rmtree(directory, ignore_errors=True)
-    print(
-        f"\nMachine: {where}. {s} senders × {n} deliveries per run, each sender waiting for "
+    intro = (
+        f"Machine: {where}. {s} senders × {n} deliveries per run, each sender waiting for "
         "its answer before the next (as a forge's hook queue does); aiohttp client in this "
         "process, `kuadeploy serve` in another, synchronous=FULL; best p99 of "
-        f"{args.rounds} interleaved runs per row.\n"
+        f"{args.rounds} interleaved runs per row."
     )
-    print("| measure | p50 | p99 | max | server CPU/req | target | met |")
-    print("|---|---|---|---|---|---|---|")
-    for cells in ROWS:
-        print("| " + " | ".join(cells) + " |")
+    header = ("measure", "p50", "p99", "max", "server CPU/req", "target", "met")
+    print_table(intro, header, ROWS)
 
 
 if __name__ == "__main__":

@@ -71,3 +71,12 @@ def machine() -> str:
         f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, "
         f"load average {load:.2f} at start"
     )
+
+
+def print_table(intro: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """The Markdown table every benchmark ends with, after a line on how it was measured."""
+    print(f"\n{intro}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for cells in rows:
+        print("| " + " | ".join(cells) + " |")

@@ -216,6 +216,11 @@ class Ledger:
         return self._head
 
     @property
+    def head_ts(self) -> str | None:
+        """The time of the head event (None for an empty ledger)."""
+        return self._last_ts or None
+
+    @property
     def tree(self) -> TreeState:
         """The Merkle tree's compact range at the head (leaf i = body of seq i + 1)."""
         return self._tree
