@@ -12,7 +12,7 @@ import sys
 from aiohttp import web
 
 from kuadeploy.config import Config
-from kuadeploy.http.app import ACCESS_LOG, make_app
+from kuadeploy.http.app import REQUEST_LOG, make_app
 from kuadeploy.service import Service
 
 log = logging.getLogger("kuadeploy.serve")
@@ -76,7 +76,7 @@ async def serve(config: Config, *, accept_ledger_rewind: bool = False) -> None:
         print(f"Created an admin token (shown once, store it now): {service.bootstrap_token}")
         sys.stdout.flush()
     app = make_app(service)
-    app[ACCESS_LOG].stream = sys.stderr.buffer  # JSON lines like the rest, batched
+    app[REQUEST_LOG].stream = sys.stderr.buffer  # JSON lines like the rest, batched
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=30)
     await runner.setup()
     await web.SockSite(runner, sock).start()

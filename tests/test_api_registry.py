@@ -97,6 +97,9 @@ async def test_status_codes_are_problem_json(api):
     assert is_problem(resp, body, 404)
     status, body, resp = await api.call("POST", "/api/v1/apps/web", role="admin")
     assert is_problem(resp, body, 405)
+    assert set(resp.headers["Allow"].split(",")) >= {"GET", "PUT", "PATCH", "DELETE"}
+    status, body, resp = await api.call("POST", "/api/v1/nothing-here", role=None)
+    assert is_problem(resp, body, 404)
     assert await api.head_seq() == 1
 
 

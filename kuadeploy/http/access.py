@@ -1,11 +1,12 @@
-"""The access log: one JSON line per request, cheap enough for every request.
+"""Every request, once: an access-log line and the request metrics, both in batches.
 
-Through `logging` a line costs ~20 µs (a LogRecord, the caller's frame, a
-formatter, a flush per line) — more than the handlers serving most routes. Once
-`serve` has given it a stream, lines are encoded with msgspec and written in one
-batch per event-loop turn, in the same shape as the other JSON log lines
-(`ts`, `level`, `logger`, then the fields). Without a stream (tests, embedding)
-they go to the `kuadeploy.access` logger.
+A request only appends a tuple. Turning it into a JSON line (through `logging` a
+line costs ~20 µs: a LogRecord, the caller's frame, a formatter, a flush) and into
+the per-route counts happens for a batch at a time, at most `FLUSH_AFTER_S`
+later — the way nginx buffers `access_log ... flush=`. `/metrics` and shutdown
+flush first, so nothing is lost or stale where it is looked at. Lines have the
+shape of the other JSON log lines (`ts`, `level`, `logger`, then the fields).
+Without a stream (tests, embedding) they go to the `kuadeploy.access` logger.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import time
 from typing import BinaryIO
 
 import msgspec
+
+from kuadeploy.http.metrics import RequestMetrics
 
 LOGGER = "kuadeploy.access"
 log = logging.getLogger(LOGGER)
@@ -34,31 +37,50 @@ class AccessLine(msgspec.Struct, gc=False):
     actor: str | None
 
 
-class AccessLog:
-    def __init__(self) -> None:
+class RequestLog:
+    FLUSH_AFTER_S = 0.05
+    FLUSH_AT = 512  # lines
+
+    def __init__(self, metrics: RequestMetrics) -> None:
         self.stream: BinaryIO | None = None
-        self._pending: list[bytes] = []
+        self._metrics = metrics
+        # (route, method, path, status, seconds, actor, wall clock)
+        self._pending: list[tuple[str, str, str, int, float, str | None, float]] = []
+        self._timer: asyncio.TimerHandle | None = None
         self._encoder = msgspec.json.Encoder()
         self._second = -1
         self._stamp = ""
 
-    def record(self, method: str, path: str, status: int, ms: float, actor: str | None) -> None:
-        if self.stream is None:
-            log.info({"method": method, "path": path, "status": status, "ms": ms, "actor": actor})
-            return
-        now = time.time()
-        stamp = f"{self._local_second(int(now))},{int(now * 1000) % 1000:03d}"
-        line = AccessLine(stamp, "INFO", LOGGER, method, path, status, ms, actor)
-        self._pending.append(self._encoder.encode(line))
-        if len(self._pending) == 1:
-            asyncio.get_running_loop().call_soon(self.flush)
+    def record(
+        self, route: str, method: str, path: str, status: int, seconds: float, actor: str | None
+    ) -> None:
+        pending = self._pending
+        pending.append((route, method, path, status, seconds, actor, time.time()))
+        if len(pending) == 1:
+            self._timer = asyncio.get_running_loop().call_later(self.FLUSH_AFTER_S, self.flush)
+        elif len(pending) >= self.FLUSH_AT:
+            self.flush()
 
     def flush(self) -> None:
-        if self._pending and self.stream is not None:
-            self._pending.append(b"")
-            self.stream.write(b"\n".join(self._pending))
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending, self._pending = self._pending, []
+        observe = self._metrics.observe
+        lines = []
+        for route, method, path, status, seconds, actor, wall in pending:
+            observe(route, method, status, seconds)
+            ms = round(seconds * 1000, 2)
+            if self.stream is None:
+                fields = {"method": method, "path": path, "status": status, "ms": ms}
+                log.info({**fields, "actor": actor})
+                continue
+            second = int(wall)
+            stamp = f"{self._local_second(second)},{int(wall * 1000) % 1000:03d}"
+            lines.append(AccessLine(stamp, "INFO", LOGGER, method, path, status, ms, actor))
+        if lines and self.stream is not None:
+            self.stream.write(self._encoder.encode_lines(lines))
             self.stream.flush()
-        self._pending.clear()
 
     def _local_second(self, second: int) -> str:
         """`logging.Formatter.formatTime`'s local time, formatted once a second."""

@@ -92,9 +92,6 @@ class Metrics:
         )
         self._sink_failures_seen = 0
 
-    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.observe(route, method, status, seconds)
-
     def observe_batch(self, size: int) -> None:
         self.batch_size.observe(size)
 

@@ -16,7 +16,6 @@ _encoder = msgspec.json.Encoder()
 
 def setup(app: web.Application) -> None:
     app[RENDERED] = {}
-    app.add_routes(routes)
 
 
 MERGE_PATCH = ("application/merge-patch+json", "application/json")

@@ -47,7 +47,6 @@ HOOK: web.AppKey[Hook] = web.AppKey("webhook", Hook)
 
 def setup(app: web.Application, service: Service, metrics: Metrics) -> None:
     app[HOOK] = Hook(WebhookReceiver(service), metrics, service.config.webhook)
-    app.add_routes(routes)
 
 
 class Rejected(Exception):
