@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -64,6 +65,16 @@ def bind(listen: str) -> socket.socket:
     return sock
 
 
+def tune_gc() -> None:
+    """Start-up's objects (config, projections, modules) move out of the collector's
+    sight, and the young generation is collected every 10,000 allocations instead of
+    700: a request allocates dozens of containers, so the default ran a collection
+    every few requests, ~7 % of a durable PATCH (the idea of Instagram's gc.freeze)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
 async def serve(config: Config, *, accept_ledger_rewind: bool = False) -> None:
     sock = bind(config.listen)
     try:
@@ -81,6 +92,7 @@ async def serve(config: Config, *, accept_ledger_rewind: bool = False) -> None:
     await runner.setup()
     await web.SockSite(runner, sock).start()
     log.info({"msg": "listening", "listen": config.listen, "head_seq": service.ledger.head.seq})
+    tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
