@@ -11,6 +11,7 @@ import functools
 import posixpath
 import re
 import typing
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -72,15 +73,15 @@ def check_repo_path(path: str) -> str | None:
 
 def validate_entry(obj: Any, servers: set[str]) -> tuple[AppEntry | None, list[Problem]]:
     try:  # one pass in C for the usual, valid entry; the field walk only to list problems
-        entry: AppEntry | None = msgspec.convert(obj, AppEntry)
-        problems = []
+        entry = msgspec.convert(obj, AppEntry)
     except msgspec.ValidationError:
-        entry, problems = None, _check_struct(obj, AppEntry, "$")
-    if isinstance(obj, dict):
-        problems += _check_semantics(obj, servers)
-    if problems:
+        problems = _check_struct(obj, AppEntry, "$")
+        if isinstance(obj, dict):
+            problems += _check_rules(_document_values(obj), servers)
         return None, sorted(problems, key=lambda p: p.path)
-    return entry or msgspec.convert(obj, AppEntry), []
+    if problems := _check_rules(_entry_values(entry), servers):
+        return None, sorted(problems, key=lambda p: p.path)
+    return entry, []
 
 
 def _check_struct(obj: Any, cls: type, path: str) -> list[Problem]:
@@ -121,44 +122,81 @@ def _python_type(cls: type, name: str) -> Any:
     return _hints(cls).get(name, Any)
 
 
-def _check_semantics(obj: dict, servers: set[str]) -> list[Problem]:
-    """DESIGN §5 rules on the raw document, for every field whose type is right."""
-    problems = []
+# The values DESIGN §5's rules look at: server, branch, dockerfile, context, migration
+# paths, build argument names, health URL, env names. None (or empty) where a field is
+# absent or of the wrong type: that is the schema's problem, listed on its own.
+_Text = str | None
+_Values = tuple[_Text, _Text, _Text, _Text, list, Iterable, _Text, Iterable]
 
-    def text(*keys: str) -> str | None:
+
+def _entry_values(e: AppEntry) -> _Values:
+    """A converted entry: every type is right already."""
+    return (
+        e.server,
+        e.branch,
+        e.dockerfile,
+        e.context,
+        e.migrations.paths,
+        e.build_args,
+        e.verify.health_url,
+        e.container.env,
+    )
+
+
+def _document_values(obj: dict) -> _Values:
+    """The raw document of an entry that failed conversion."""
+
+    def get(*keys: str) -> Any:
         value: Any = obj
         for key in keys:
             value = value.get(key) if isinstance(value, dict) else None
+        return value
+
+    def text(*keys: str) -> str | None:
+        value = get(*keys)
         return value if isinstance(value, str) else None
 
-    server = text("server")
+    def names(*keys: str) -> list:
+        value = get(*keys)
+        return list(value) if isinstance(value, dict) else []
+
+    paths = get("migrations", "paths")
+    return (
+        text("server"),
+        text("branch"),
+        text("dockerfile"),
+        text("context"),
+        paths if isinstance(paths, list) else [],
+        names("build_args"),
+        text("verify", "health_url"),
+        names("container", "env"),
+    )
+
+
+def _check_rules(values: _Values, servers: set[str]) -> list[Problem]:
+    """DESIGN §5 rules, for every field whose type is right."""
+    server, branch, dockerfile, context, migration_paths, build_args, health_url, env = values
+    problems = []
     if server is not None and server not in servers:
         known = ", ".join(sorted(servers)) or "none"
         problems.append(Problem("$.server", f"unknown server {server!r} (configured: {known})"))
-    branch = text("branch")
     if branch is not None and (message := check_branch(branch)):
         problems.append(Problem("$.branch", message))
-    for key in ("dockerfile", "context"):
-        path = text(key)
-        if path is not None and (message := check_repo_path(path)):
-            problems.append(Problem(f"$.{key}", message))
-    migrations = obj.get("migrations")
-    paths = migrations.get("paths") if isinstance(migrations, dict) else None
-    for i, pattern in enumerate(paths if isinstance(paths, list) else []):
+    if dockerfile is not None and (message := check_repo_path(dockerfile)):
+        problems.append(Problem("$.dockerfile", message))
+    if context is not None and (message := check_repo_path(context)):
+        problems.append(Problem("$.context", message))
+    for i, pattern in enumerate(migration_paths):
         if isinstance(pattern, str) and (message := check_repo_path(pattern)):
             problems.append(Problem(f"$.migrations.paths[{i}]", message))
-    build_args = obj.get("build_args")
-    for key in build_args if isinstance(build_args, dict) else ():
+    for key in build_args:
         if not _NAME.match(key):
             problems.append(Problem(f"$.build_args.{key}", "not a valid build argument name"))
         elif key == BUILD_ARG_SHA:
             problems.append(Problem(f"$.build_args.{key}", "set by kuadeploy to the deployed SHA"))
-    url = text("verify", "health_url")
-    if url is not None and not _HTTP_URL.match(url):
+    if health_url is not None and not _HTTP_URL.match(health_url):
         problems.append(Problem("$.verify.health_url", "must be an http:// or https:// URL"))
-    container = obj.get("container")
-    env = container.get("env") if isinstance(container, dict) else None
-    for key in env if isinstance(env, dict) else ():
+    for key in env:
         if not _NAME.match(key):
             problems.append(Problem(f"$.container.env.{key}", "not a valid variable name"))
     return problems

@@ -50,6 +50,8 @@ class RequestLog:
         self._encoder = msgspec.json.Encoder()
         self._second = -1
         self._stamp = ""
+        self._milli = -1
+        self._milli_stamp = ""
 
     def record(
         self, route: str, method: str, path: str, status: int, seconds: float, actor: str | None
@@ -75,16 +77,21 @@ class RequestLog:
                 fields = {"method": method, "path": path, "status": status, "ms": ms}
                 log.info({**fields, "actor": actor})
                 continue
-            second = int(wall)
-            stamp = f"{self._local_second(second)},{int(wall * 1000) % 1000:03d}"
-            lines.append(AccessLine(stamp, "INFO", LOGGER, method, path, status, ms, actor))
+            ts = self._ts(wall)
+            lines.append(AccessLine(ts, "INFO", LOGGER, method, path, status, ms, actor))
         if lines and self.stream is not None:
             self.stream.write(self._encoder.encode_lines(lines))
             self.stream.flush()
 
-    def _local_second(self, second: int) -> str:
-        """`logging.Formatter.formatTime`'s local time, formatted once a second."""
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        return self._stamp
+    def _ts(self, wall: float) -> str:
+        """`logging.Formatter`'s local time with milliseconds; under load many lines
+        share a millisecond, and all of a second share its date and time."""
+        milli = int(wall * 1000)
+        if milli != self._milli:
+            second = milli // 1000
+            if second != self._second:
+                self._second = second
+                self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            self._milli = milli
+            self._milli_stamp = f"{self._stamp},{milli % 1000:03d}"
+        return self._milli_stamp

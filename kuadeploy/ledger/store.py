@@ -169,7 +169,10 @@ class Ledger:
         self._commit_ewma = 0.0
         self._threaded = False
         self._executor: ThreadPoolExecutor | None = None
-        self._task = asyncio.get_running_loop().create_task(self._run_writer())
+        # The ledger lives on the loop that opened it; asyncio.get_running_loop() checks
+        # the process id, a system call, on every call.
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run_writer())
         self.batch_sizes: list[int] = []  # recent commit sizes, read by metrics
         self._tree = tree
         self._pending_nodes: dict[tuple[int, int], bytes] = {}
@@ -236,7 +239,7 @@ class Ledger:
             raise LedgerClosed("ledger is closed")
         if not items:
             return []
-        future = asyncio.get_running_loop().create_future()
+        future = self._loop.create_future()
         self._queue.put_nowait(_Request(items, actor, future))
         return await future
 
@@ -453,8 +456,7 @@ class Ledger:
             return fn(self._writer, *args)
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="ledger-commit")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, self._writer, *args)
+        return await self._loop.run_in_executor(self._executor, fn, self._writer, *args)
 
     async def _insert(self, rows: list[tuple], alone: bool) -> None:
         # Inline only for a lone request: with others waiting, the commit thread lets
