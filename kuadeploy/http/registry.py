@@ -9,8 +9,10 @@ from kuadeploy.commands.registry import Outcome, Preconditions, etag
 from kuadeploy.http.common import flag, json_response, principal, read_json, requires, service
 
 routes = web.RouteTableDef()
-# app -> (version, encoded GET answer): reads of a popular entry are served as bytes.
-RENDERED: web.AppKey[dict[str, tuple[int, bytes]]] = web.AppKey("rendered_apps", dict)
+# app -> (version, encoded GET answer, its headers): reads of an entry are served as bytes.
+RENDERED: web.AppKey[dict[str, tuple[int, bytes, dict[str, str]]]] = web.AppKey(
+    "rendered_apps", dict
+)
 _encoder = msgspec.json.Encoder()
 
 
@@ -46,9 +48,9 @@ async def get_app(request: web.Request) -> web.Response:
     cache = request.app[RENDERED]
     cached = cache.get(app)
     if cached is None or cached[0] != version:  # an entry never changes within a version
-        cached = cache[app] = (version, _encoder.encode(svc.get_app(app)))
-    headers = {"Content-Type": "application/json", "ETag": etag(cached[0])}
-    return web.Response(body=cached[1], headers=headers)
+        headers = {"Content-Type": "application/json", "ETag": etag(version)}
+        cached = cache[app] = (version, _encoder.encode(svc.get_app(app)), headers)
+    return web.Response(body=cached[1], headers=cached[2])  # aiohttp copies the headers
 
 
 @routes.put("/api/v1/apps/{app}")
