@@ -340,16 +340,22 @@ def main() -> None:
     n = args.events
     print(f"filling {n:,} events …", file=sys.stderr)
     asyncio.run(fill(big, n, snapshot_every=4096))
-    bare = bare_verify_rate(big)
     rss0 = peak_rss_mb()
     conn = reading.open_readonly(str(big))
-    result, t_verify = timed(verify_ledger, conn)
-    assert result.ok and result.events == n, result
+    bares, t_verify, t_rebuild = [], float("inf"), float("inf")
+    for _ in range(2):  # interleaved, best of two: the machine is shared
+        bares.append(bare_verify_rate(big))
+        result, t = timed(verify_ledger, conn)
+        assert result.ok and result.events == n, result
+        t_verify = min(t_verify, t)
     rss_verify = peak_rss_mb()
-    state, t_rebuild = timed(rebuild_state, conn)
-    assert state.seq == n
+    for _ in range(2):
+        state, t = timed(rebuild_state, conn)
+        assert state.seq == n
+        t_rebuild = min(t_rebuild, t)
     rss_rebuild = peak_rss_mb()
     conn.close()
+    bare = max(bares)
     row(f"full verify of {n:,} events (events/s)", f"{n / t_verify:,.0f}",
         f"{bare:,.0f} bare loop", f"{n / t_verify / bare:.2f}×", "≥ 250k/s, ≥ 0.8×")  # fmt: skip
     row(f"full rebuild of {n:,} events (events/s)", f"{n / t_rebuild:,.0f}",
