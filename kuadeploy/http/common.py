@@ -83,6 +83,8 @@ async def read_json(
 
 
 def flag(request: web.Request, name: str) -> bool:
+    if not request.query_string:  # the usual case: no query to parse
+        return False
     return request.query.get(name, "").lower() in ("1", "true", "yes")
 
 
