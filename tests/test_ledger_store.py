@@ -98,6 +98,30 @@ async def test_group_commit_uses_fewer_commits_than_appends(ledger):
     assert len(ledger.batch_sizes) < 16
 
 
+async def test_writers_in_a_loop_keep_sharing_commits(ledger):
+    """Writers that append again as soon as their last append returns must keep
+    meeting in shared commits, round after round (not fall back to one each)."""
+
+    async def writer(k: int) -> None:
+        for i in range(10):
+            await ledger.append([register(f"a{k}", f"b{i}")], actor="a")
+
+    await asyncio.gather(*(writer(k) for k in range(32)))
+    assert ledger.head.seq == 320
+    assert len(ledger.batch_sizes) <= 40, ledger.batch_sizes
+
+
+async def test_a_lone_append_commits_without_the_queue(ledger, monkeypatch):
+    queued: list = []
+    real = ledger._queue.put_nowait
+    monkeypatch.setattr(ledger._queue, "put_nowait", lambda item: queued.append(item) or real(item))
+    stored = await ledger.append([register("web")], actor="a")
+    assert stored[0].seq == 1 and ledger.head.seq == 1
+    assert queued == []  # committed in the caller's turn
+    await asyncio.gather(*(ledger.append([register(f"x{i}")], actor="a") for i in range(8)))
+    assert len(queued) >= 7  # with company, appends go through the writer and group
+
+
 async def test_events_table_rejects_update_and_delete(ledger):
     await ledger.append([register("web")], actor="a")
     conn = sqlite3.connect(ledger.path)
