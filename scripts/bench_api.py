@@ -241,7 +241,7 @@ def ratio_row(measure_: str, loads: tuple[Load, Load], target: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=3, help="per measured run")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved runs per row; best")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved runs per row; best")
     parser.add_argument("--dir", help="data dir for the ledger (default: a temp dir)")
     parser.add_argument("--bare", nargs=2, metavar=("PORT", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
