@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from kuadeploy import events as ev
-from kuadeploy.ledger import GENESIS, Head, Ledger, NewEvent, reading, verify
+from kuadeploy.audit import checkpoints
+from kuadeploy.ledger import GENESIS, Head, Ledger, NewEvent, processes, reading, verify
 from tests.support import register
 
 N = 60  # four chunks of 15: boundaries after rows 15, 30 and 45
@@ -140,13 +141,39 @@ def test_chunks_really_run_in_other_processes(pristine, monkeypatch):
 def test_spawned_workers_when_other_threads_run(pristine, monkeypatch):
     """A server verifies from a thread: no fork there, and the same answer."""
     monkeypatch.setattr(verify, "PARALLEL_ROWS", 1)
-    monkeypatch.setattr(verify.threading, "active_count", lambda: 3)
+    monkeypatch.setattr(processes.threading, "active_count", lambda: 3)
     methods: list[str] = []
-    real = verify.multiprocessing.get_context
+    real = processes.multiprocessing.get_context
     monkeypatch.setattr(
-        verify.multiprocessing, "get_context", lambda m: methods.append(m) or real(m)
+        processes.multiprocessing, "get_context", lambda m: methods.append(m) or real(m)
     )
     with closing(reading.open_readonly(str(pristine))) as conn:
         result = verify.verify_ledger(conn, workers=2)
     assert methods == ["spawn"]
     assert result.ok and result.events == N
+
+
+@pytest.mark.parametrize("name", list(TAMPERS))
+def test_startup_scan_in_two_processes_equals_one(pristine, tmp_path, monkeypatch, name):
+    """The start-up scan checks the chain in a helper process while this one builds
+    the tree: the same roots, tree and chain breaks as the single pass."""
+    path = tmp_path / "ledger.db"
+    shutil.copy(pristine, path)
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("DROP TRIGGER IF EXISTS events_no_update")
+        conn.execute("DROP TRIGGER IF EXISTS events_no_delete")
+        TAMPERS[name](conn)
+    sizes, accepted = [10, 30, 59], {16}
+    with closing(reading.open_readonly(str(path))) as conn:
+        monkeypatch.setattr(checkpoints, "PARALLEL_SCAN_ROWS", 10**9)
+        one = checkpoints.scan_ledger(conn, sizes, check_chain=True, accepted_breaks=accepted)
+        monkeypatch.setattr(checkpoints, "PARALLEL_SCAN_ROWS", 1)
+        pools: list[int] = []
+        real = checkpoints.process_pool
+        monkeypatch.setattr(checkpoints, "process_pool", lambda n: pools.append(n) or real(n))
+        two = checkpoints.scan_ledger(conn, sizes, check_chain=True, accepted_breaks=accepted)
+    assert two == one
+    assert pools == [1]  # the chain really was checked by a helper process
+    # row 16's mismatch is accepted: a changed body there breaks nothing else, a
+    # changed hash also breaks the link to row 17
+    assert (one.chain_breaks == []) == (name in ("none", "delete 60", "body 16"))

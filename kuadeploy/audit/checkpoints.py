@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator, Mapping
+from contextlib import closing
 from hashlib import sha256
 from itertools import islice
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -33,7 +34,8 @@ from kuadeploy.audit.merkle import (
     root_at,
 )
 from kuadeploy.ledger.chain import GENESIS_HASH
-from kuadeploy.ledger.reading import iter_bodies
+from kuadeploy.ledger.processes import file_of, process_pool
+from kuadeploy.ledger.reading import iter_bodies, open_readonly, read_head
 from kuadeploy.ledger.tree import advance
 
 if TYPE_CHECKING:
@@ -166,10 +168,24 @@ def scan_ledger(
     mismatches at `accepted_breaks`, up to MAX_CHAIN_BREAKS. Leaf i is the i-th
     body read, so a missing row shifts every later leaf and changes the roots."""
     breaks: list[ChainBreak] = []
-    if check_chain:
-        bodies = _checked_bodies(conn, breaks, frozenset(accepted_breaks))
-    else:
-        bodies = iter_bodies(conn, 0)
+    accepted = frozenset(accepted_breaks)
+    path = file_of(conn)
+    if check_chain and path and read_head(conn).seq >= PARALLEL_SCAN_ROWS:
+        # Two passes at once: the chain in a helper process, the tree here.
+        with process_pool(1) as pool:
+            chain = pool.submit(chain_breaks, path, accepted)
+            roots, state = _tree(iter_bodies(conn, 0), sizes)
+            return LedgerScan(roots, state, chain.result())
+    bodies = _checked_bodies(conn, breaks, accepted) if check_chain else iter_bodies(conn, 0)
+    roots, state = _tree(bodies, sizes)
+    return LedgerScan(roots, state, breaks)
+
+
+# Rows from which the start-up scan checks the chain in a second process.
+PARALLEL_SCAN_ROWS = 200_000
+
+
+def _tree(bodies: Iterator[bytes], sizes: Iterable[int]) -> tuple[dict[int, bytes], TreeState]:
     state = TreeState()
     roots: dict[int, bytes] = {}
     for size in sorted(set(sizes)):
@@ -177,8 +193,16 @@ def scan_ledger(
         if state.size < size:
             break
         roots[size] = state.root()
-    state = advance(state, bodies)
-    return LedgerScan(roots, state, breaks)
+    return roots, advance(state, bodies)
+
+
+def chain_breaks(path: str, accepted: frozenset[int]) -> list[ChainBreak]:
+    """The chain breaks of the ledger at `path`, as `scan_ledger` finds them."""
+    breaks: list[ChainBreak] = []
+    with closing(open_readonly(path)) as conn:
+        for _ in _checked_bodies(conn, breaks, accepted):
+            pass
+    return breaks
 
 
 def _checked_bodies(

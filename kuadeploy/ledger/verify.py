@@ -15,11 +15,8 @@ row. Memory stays flat: each process streams its chunk.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import sqlite3
-import threading
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
 from pathlib import Path
 
@@ -28,6 +25,7 @@ import msgspec
 from kuadeploy.files import write_atomic
 from kuadeploy.ledger import reading
 from kuadeploy.ledger.chain import GENESIS, Head, VerifyResult, verify_rows
+from kuadeploy.ledger.processes import file_of, process_pool
 
 
 class TrustedPoint(msgspec.Struct):
@@ -61,7 +59,7 @@ def verify_ledger(
             )
     head = reading.read_head(conn)
     workers = min(workers or os.cpu_count() or 1, (head.seq - start.seq) // PARALLEL_ROWS)
-    path = _file_of(conn)
+    path = file_of(conn)
     if workers > 1 and path:
         return _verify_parallel(path, start, head.seq, workers)
     return verify_rows(reading.iter_rows(conn, start.seq), start)
@@ -72,23 +70,13 @@ PARALLEL_ROWS = 100_000
 CHUNKS_PER_PROCESS = 4
 
 
-def _file_of(conn: sqlite3.Connection) -> str | None:
-    for _, name, file in conn.execute("PRAGMA database_list"):
-        if name == "main" and file:
-            return file
-    return None
-
-
 def _verify_parallel(path: str, start: Head, head: int, workers: int) -> VerifyResult:
     # More chunks than processes: one slowed down (a shared machine) holds up less.
     count = workers * CHUNKS_PER_PROCESS
     step = (head - start.seq) // count
     lows = [start.seq + i * step for i in range(count)]
     highs: list[int | None] = [*lows[1:], None]  # the last chunk takes rows appended meanwhile
-    # fork only where no other thread could hold a lock (SQLite's, the allocator's)
-    # at the moment of the fork; a server verifies from a thread: spawn.
-    method = "fork" if threading.active_count() == 1 else "spawn"
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+    with process_pool(workers) as pool:
         chunks = [
             pool.submit(verify_chunk, path, lo, hi, start.hash if lo == start.seq else None)
             for lo, hi in zip(lows, highs, strict=True)
