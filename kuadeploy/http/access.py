@@ -80,8 +80,11 @@ class RequestLog:
             ts = self._ts(wall)
             lines.append(AccessLine(ts, "INFO", LOGGER, method, path, status, ms, actor))
         if lines and self.stream is not None:
-            self.stream.write(self._encoder.encode_lines(lines))
-            self.stream.flush()
+            try:
+                self.stream.write(self._encoder.encode_lines(lines))
+                self.stream.flush()
+            except OSError:  # a closed or full stderr must not fail the request at hand
+                pass
 
     def _ts(self, wall: float) -> str:
         """`logging.Formatter`'s local time with milliseconds; under load many lines
