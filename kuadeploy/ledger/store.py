@@ -34,6 +34,7 @@ import asyncio
 import logging
 import sqlite3
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from hashlib import sha256
@@ -176,7 +177,7 @@ class Ledger:
         # the process id, a system call, on every call.
         self._loop = asyncio.get_running_loop()
         self._task = self._loop.create_task(self._run_writer())
-        self.batch_sizes: list[int] = []  # recent commit sizes, read by metrics
+        self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent commit sizes
         self._tree = tree
         self._pending_nodes: dict[tuple[int, int], bytes] = {}
         self._closers: list[Callable[[], Any]] = []
@@ -422,7 +423,6 @@ class Ledger:
             for ev in committed:
                 self._versions[ev.event.stream] = ev.event.version
             self.batch_sizes.append(len(committed))
-            del self.batch_sizes[:-1000]
             for fn in self._subscribers:
                 try:
                     fn(committed)
