@@ -177,3 +177,21 @@ def test_startup_scan_in_two_processes_equals_one(pristine, tmp_path, monkeypatc
     # row 16's mismatch is accepted: a changed body there breaks nothing else, a
     # changed hash also breaks the link to row 17
     assert (one.chain_breaks == []) == (name in ("none", "delete 60", "body 16"))
+
+
+def test_without_helper_processes_both_fall_back_to_one(pristine, monkeypatch, caplog):
+    """Processes refused (limits, no /dev/shm): the same answers, from this process."""
+
+    def refused(workers: int):
+        raise OSError("fork refused")
+
+    monkeypatch.setattr(verify, "PARALLEL_ROWS", 1)
+    monkeypatch.setattr(verify, "process_pool", refused)
+    monkeypatch.setattr(checkpoints, "PARALLEL_SCAN_ROWS", 1)
+    monkeypatch.setattr(checkpoints, "process_pool", refused)
+    with closing(reading.open_readonly(str(pristine))) as conn:
+        result = verify.verify_ledger(conn, workers=4)
+        scan = checkpoints.scan_ledger(conn, [N], check_chain=True)
+    assert result.ok and result.events == N
+    assert scan.tree.size == N and scan.chain_breaks == [] and N in scan.roots
+    assert "helper processes failed" in caplog.text and "the helper failed" in caplog.text

@@ -19,8 +19,10 @@ and the start-up check both use them.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator, Mapping
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing
 from hashlib import sha256
 from itertools import islice
@@ -37,6 +39,8 @@ from kuadeploy.ledger.chain import GENESIS_HASH
 from kuadeploy.ledger.processes import file_of, process_pool
 from kuadeploy.ledger.reading import iter_bodies, open_readonly, read_head
 from kuadeploy.ledger.tree import advance
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from kuadeploy.audit.checkpointer import Checkpointer
@@ -171,11 +175,13 @@ def scan_ledger(
     accepted = frozenset(accepted_breaks)
     path = file_of(conn)
     if check_chain and path and read_head(conn).seq >= PARALLEL_SCAN_ROWS:
-        # Two passes at once: the chain in a helper process, the tree here.
-        with process_pool(1) as pool:
-            chain = pool.submit(chain_breaks, path, accepted)
-            roots, state = _tree(iter_bodies(conn, 0), sizes)
-            return LedgerScan(roots, state, chain.result())
+        try:  # two passes at once: the chain in a helper process, the tree here
+            with process_pool(1) as pool:
+                chain = pool.submit(chain_breaks, path, accepted)
+                roots, state = _tree(iter_bodies(conn, 0), sizes)
+                return LedgerScan(roots, state, chain.result())
+        except (OSError, BrokenProcessPool):  # no helper to be had: one pass here
+            log.warning("scanning the ledger in one process: the helper failed", exc_info=True)
     bodies = _checked_bodies(conn, breaks, accepted) if check_chain else iter_bodies(conn, 0)
     roots, state = _tree(bodies, sizes)
     return LedgerScan(roots, state, breaks)

@@ -15,8 +15,10 @@ row. Memory stays flat: each process streams its chunk.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing
 from pathlib import Path
 
@@ -26,6 +28,8 @@ from kuadeploy.files import write_atomic
 from kuadeploy.ledger import reading
 from kuadeploy.ledger.chain import GENESIS, Head, VerifyResult, verify_rows
 from kuadeploy.ledger.processes import file_of, process_pool
+
+log = logging.getLogger(__name__)
 
 
 class TrustedPoint(msgspec.Struct):
@@ -61,7 +65,10 @@ def verify_ledger(
     workers = min(workers or os.cpu_count() or 1, (head.seq - start.seq) // PARALLEL_ROWS)
     path = file_of(conn)
     if workers > 1 and path:
-        return _verify_parallel(path, start, head.seq, workers)
+        try:
+            return _verify_parallel(path, start, head.seq, workers)
+        except (OSError, BrokenProcessPool):  # no processes to be had: do it here
+            log.warning("verifying in this process: helper processes failed", exc_info=True)
     return verify_rows(reading.iter_rows(conn, start.seq), start)
 
 
