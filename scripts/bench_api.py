@@ -16,7 +16,6 @@ latency is measured by scripts/bench_webhook.py (its forge is a loopback port).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 import shutil
@@ -30,7 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import Server, cpu_seconds, free_port, machine, print_table, start
+from benchlib import (
+    Server,
+    cpu_seconds,
+    free_port,
+    machine,
+    print_table,
+    start,
+    start_kuadeploy,
+)
 
 TOKEN = "bench-admin-token"
 APPS = 64
@@ -65,17 +72,7 @@ def bare_server(port: int, get_body: Path, patch_body: Path) -> None:
 
 
 def start_ours(directory: Path) -> Server:
-    port = free_port()
-    config = directory / "kuadeploy.toml"
-    config.write_text(
-        f'data_dir = "{directory / "data"}"\n'
-        f'listen = "127.0.0.1:{port}"\n'
-        '[servers.local]\ndocker = "unix:///nonexistent/docker.sock"\n'
-        '[[tokens]]\nactor = "bench"\nrole = "admin"\n'
-        f'sha256 = "{hashlib.sha256(TOKEN.encode()).hexdigest()}"\n'
-    )
-    cmd = [sys.executable, "-m", "kuadeploy", "serve", "--config", str(config)]
-    return start("kuadeploy", cmd, port, directory / "kuadeploy.log")
+    return start_kuadeploy(directory, TOKEN)
 
 
 def start_bare(directory: Path, get_body: bytes, patch_body: bytes) -> Server:

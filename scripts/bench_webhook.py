@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import secrets
 import shutil
@@ -32,7 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import ROOT, Server, cpu_seconds, free_port, machine, print_table, start
+from benchlib import (
+    ROOT,
+    Server,
+    cpu_seconds,
+    machine,
+    print_table,
+    start_kuadeploy,
+)
 
 sys.path.insert(0, str(ROOT))
 from tests.forge import ForgeRepo, deliver
@@ -74,18 +80,7 @@ def row(measure: str, run: Run, target: float | None) -> None:
 
 
 def start_server(directory: Path) -> Server:
-    port = free_port()
-    config = directory / "kuadeploy.toml"
-    config.write_text(
-        f'data_dir = "{directory / "data"}"\n'
-        f'listen = "127.0.0.1:{port}"\n'
-        '[servers.local]\ndocker = "unix:///nonexistent/docker.sock"\n'
-        '[[tokens]]\nactor = "bench"\nrole = "admin"\n'
-        f'sha256 = "{hashlib.sha256(TOKEN.encode()).hexdigest()}"\n'
-        f'[webhook]\nsecret = "{SECRET}"\n'
-    )
-    cmd = [sys.executable, "-m", "kuadeploy", "serve", "--config", str(config)]
-    return start("kuadeploy", cmd, port, directory / "kuadeploy.log")
+    return start_kuadeploy(directory, TOKEN, f'[webhook]\nsecret = "{SECRET}"\n')
 
 
 def stalled_forge() -> socket.socket:

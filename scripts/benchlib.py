@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,22 @@ def start(name: str, cmd: list[str], port: int, log: Path) -> Server:
             time.sleep(0.05)
     proc.kill()
     raise SystemExit(f"{name} did not listen on {url}; see {log}")
+
+
+def start_kuadeploy(directory: Path, token: str, extra_toml: str = "") -> Server:
+    """`kuadeploy serve` on a free loopback port with a real data dir in `directory`, an
+    admin token `token`, and one server whose engine is never reached."""
+    port = free_port()
+    config = directory / "kuadeploy.toml"
+    config.write_text(
+        f'data_dir = "{directory / "data"}"\n'
+        f'listen = "127.0.0.1:{port}"\n'
+        '[servers.local]\ndocker = "unix:///nonexistent/docker.sock"\n'
+        '[[tokens]]\nactor = "bench"\nrole = "admin"\n'
+        f'sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"\n' + extra_toml
+    )
+    cmd = [sys.executable, "-m", "kuadeploy", "serve", "--config", str(config)]
+    return start("kuadeploy", cmd, port, directory / "kuadeploy.log")
 
 
 def cpu_seconds(pid: int) -> float:
