@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 from kuadeploy import events as ev
 from kuadeploy.entry import AppEntry
-from kuadeploy.ledger import NewEvent
+from kuadeploy.ledger import Ledger, NewEvent
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,6 +24,28 @@ def entry(branch: str = "main", server: str = "local", **kw) -> AppEntry:
 
 def register(app: str, branch: str = "main", expected: int | None = None) -> NewEvent:
     return NewEvent(f"app/{app}", ev.AppRegistered(app=app, entry=entry(branch)), expected)
+
+
+def fill_mixed_ledger(path: Path, n: int) -> None:
+    """`n` single-event appends: registrations of four apps, every third a deploy."""
+
+    async def fill() -> None:
+        led = await Ledger.open(str(path))
+        for i in range(n):
+            if i % 3 == 2:
+                item = NewEvent(f"deploy/d{i}", ev.DeployRequested(app="web", trigger="api"))
+            else:
+                item = register(f"app{i % 4}", f"b{i}")
+            await led.append([item], actor="kavi")
+        await led.close()
+
+    asyncio.run(fill())
+
+
+def unprotect(conn: sqlite3.Connection) -> None:
+    """Drop the triggers that keep `events` append-only: what a forger does first."""
+    conn.execute("DROP TRIGGER IF EXISTS events_no_update")
+    conn.execute("DROP TRIGGER IF EXISTS events_no_delete")
 
 
 def run_cli(

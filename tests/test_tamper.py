@@ -6,40 +6,26 @@ checkpoints (tests/test_checkpoint*); a chain alone cannot see them.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from kuadeploy import events as ev
-from kuadeploy.ledger import Ledger, NewEvent
-from tests.support import register, run_cli
+from tests.support import fill_mixed_ledger, run_cli, unprotect
 
 N = 12
 
 
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
-    async def fill() -> None:
-        led = await Ledger.open(str(tmp_path / "ledger.db"))
-        for i in range(N):
-            if i % 3 == 2:
-                item = NewEvent(f"deploy/d{i}", ev.DeployRequested(app="web", trigger="api"))
-            else:
-                item = register(f"app{i % 4}", f"b{i}")
-            await led.append([item], actor="kavi")
-        await led.close()
-
-    asyncio.run(fill())
+    fill_mixed_ledger(tmp_path / "ledger.db", N)
     return tmp_path
 
 
 def tamper(data_dir: Path, *statements: tuple[str, tuple]) -> None:
     conn = sqlite3.connect(data_dir / "ledger.db", isolation_level=None)
-    conn.execute("DROP TRIGGER IF EXISTS events_no_update")
-    conn.execute("DROP TRIGGER IF EXISTS events_no_delete")
+    unprotect(conn)
     for sql, args in statements:
         conn.execute(sql, args)
     conn.close()

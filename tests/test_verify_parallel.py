@@ -3,7 +3,6 @@ every kind of tampering — at chunk boundaries too, where it could go wrong."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import sqlite3
 from contextlib import closing
@@ -11,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from kuadeploy import events as ev
 from kuadeploy.audit import checkpoints
-from kuadeploy.ledger import GENESIS, Head, Ledger, NewEvent, processes, reading, verify
-from tests.support import register
+from kuadeploy.ledger import GENESIS, Head, processes, reading, verify
+from tests.support import fill_mixed_ledger, unprotect
 
 N = 60  # four chunks of 15: boundaries after rows 15, 30 and 45
 WORKERS = 4
@@ -23,18 +21,7 @@ WORKERS = 4
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ledger") / "ledger.db"
-
-    async def fill() -> None:
-        led = await Ledger.open(str(path))
-        for i in range(N):
-            if i % 3 == 2:
-                item = NewEvent(f"deploy/d{i}", ev.DeployRequested(app="web", trigger="api"))
-            else:
-                item = register(f"app{i % 4}", f"b{i}")
-            await led.append([item], actor="kavi")
-        await led.close()
-
-    asyncio.run(fill())
+    fill_mixed_ledger(path, N)
     return path
 
 
@@ -101,8 +88,7 @@ def test_parallel_equals_sequential(pristine, tmp_path, monkeypatch, name, from_
     path = tmp_path / "ledger.db"
     shutil.copy(pristine, path)
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
-        conn.execute("DROP TRIGGER IF EXISTS events_no_update")
-        conn.execute("DROP TRIGGER IF EXISTS events_no_delete")
+        unprotect(conn)
         start = GENESIS
         if from_seq:
             start = Head(from_seq, conn.execute(
@@ -160,8 +146,7 @@ def test_startup_scan_in_two_processes_equals_one(pristine, tmp_path, monkeypatc
     path = tmp_path / "ledger.db"
     shutil.copy(pristine, path)
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
-        conn.execute("DROP TRIGGER IF EXISTS events_no_update")
-        conn.execute("DROP TRIGGER IF EXISTS events_no_delete")
+        unprotect(conn)
         TAMPERS[name](conn)
     sizes, accepted = [10, 30, 59], {16}
     with closing(reading.open_readonly(str(path))) as conn:
