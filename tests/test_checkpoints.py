@@ -197,15 +197,20 @@ async def test_the_origin_is_configurable(tmp_path):
     await opened.ledger.close()
 
 
-async def test_signing_refuses_a_head_that_contradicts_the_last_checkpoint(tmp_path):
+async def five_events_and_a_forged_checkpoint(tmp_path) -> None:
+    """Five events signed at size 5, then the table's row forged: its root no longer
+    matches the tree at its size."""
     opened = await open_checked(config(tmp_path))
     for i in range(5):
         await opened.ledger.append([register("web", f"b{i}")], actor="t")
     await opened.ledger.close()
-    # Forge the last table row: its root no longer matches the tree at its size.
     conn = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
     conn.execute("UPDATE checkpoints SET root = zeroblob(32) WHERE size = 5")
     conn.close()
+
+
+async def test_signing_refuses_a_head_that_contradicts_the_last_checkpoint(tmp_path):
+    await five_events_and_a_forged_checkpoint(tmp_path)
     led = await Ledger.open(str(tmp_path / "ledger.db"))
     signer = load_signer(config(tmp_path))
     cp = Checkpointer(led, signer, origin=signer.name, mirror=tmp_path / "m", interval_s=0)
@@ -220,13 +225,7 @@ async def test_signing_refuses_a_head_that_contradicts_the_last_checkpoint(tmp_p
 
 
 async def test_signing_refuses_a_tree_that_does_not_extend_the_last_checkpoint(tmp_path):
-    opened = await open_checked(config(tmp_path))
-    for i in range(5):
-        await opened.ledger.append([register("web", f"b{i}")], actor="t")
-    await opened.ledger.close()
-    conn = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
-    conn.execute("UPDATE checkpoints SET root = zeroblob(32) WHERE size = 5")
-    conn.close()
+    await five_events_and_a_forged_checkpoint(tmp_path)
     led = await Ledger.open(str(tmp_path / "ledger.db"))
     await led.append([register("web", "more")], actor="t")
     signer = load_signer(config(tmp_path))
