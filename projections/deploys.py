@@ -67,11 +67,16 @@ class DeployView(msgspec.Struct):
     events: list[int] = []
 
 
+def deploy_id(stream: str) -> str:
+    """The id of the deploy whose events are in `stream` (`deploy/<id>`)."""
+    return stream.removeprefix("deploy/")
+
+
 def fold_deploy(view: DeployView | None, ev: Envelope) -> DeployView | None:
     data = ev.data
     if isinstance(data, DeployRequested):
         view = DeployView(
-            id=ev.stream.removeprefix("deploy/"),
+            id=deploy_id(ev.stream),
             app=data.app,
             status="queued",
             trigger=data.trigger,
@@ -208,7 +213,7 @@ class Deploys(msgspec.Struct):
 def fold_deploys(state: Deploys, ev: Envelope) -> Deploys:
     if not ev.stream.startswith("deploy/"):
         return state
-    deploy = ev.stream.removeprefix("deploy/")
+    deploy = deploy_id(ev.stream)
     view = state.views.get(deploy)
     if view is None and not isinstance(ev.data, DeployRequested):
         return state  # a finished, no longer latest deploy: nothing live depends on it

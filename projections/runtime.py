@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from kuadeploy.events import DeploySucceeded, Envelope, RolledBack
+from projections.deploys import deploy_id
 
 # Enough history for any keep_releases (≤ 100); older releases are pruned by the pipeline.
 MAX_RELEASES = 100
@@ -58,7 +59,3 @@ def _rolled_back(app: AppRuntime, ev: Envelope) -> None:
 
 
 _STEPS = {DeploySucceeded: _succeeded, RolledBack: _rolled_back}
-
-
-def deploy_id(stream: str) -> str:
-    return stream.removeprefix("deploy/")

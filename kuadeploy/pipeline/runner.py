@@ -53,12 +53,10 @@ class DeployRunner:
                 outcome = [ev.DeployInterrupted(view.app, reason)]
             stream = f"deploy/{view.id}"
             first, *rest = outcome
-            batches.append(
-                [NewEvent(stream, first, len(view.events)), *(NewEvent(stream, d) for d in rest)]
-            )
-        for batch in batches:
+            batch = [NewEvent(stream, first, len(view.events))]
+            batches.append((view.id, [*batch, *(NewEvent(stream, d) for d in rest)]))
+        for deploy_id, batch in batches:
             await self.ctx.ledger.append(batch, actor=ACTOR)
-            deploy_id = batch[0].stream.removeprefix("deploy/")
             report_path(self.ctx.config, deploy_id).unlink(missing_ok=True)  # recorded now
 
     async def _handoff_outcome(self, deploy_id: str, handoff: dict) -> list[ev.EventData]:
