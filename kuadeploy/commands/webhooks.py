@@ -118,6 +118,7 @@ def decide_delivery(d: Delivery, state: State, new_id: Callable[[], str]) -> Dec
     else:
         skips = [ev.WebhookSkip(_other_reason(d.event, payload))]
     kind = ev.WebhookReceived if deploy_ids else ev.WebhookIgnored
+    push = payload if isinstance(payload, PushPayload) else None
     data = kind(
         delivery=d.id,
         event=d.event,
@@ -125,9 +126,9 @@ def decide_delivery(d: Delivery, state: State, new_id: Callable[[], str]) -> Dec
         signed_with=d.signed_with,
         repo=d.repo,
         ref=payload.ref,
-        before=payload.before.lower() if isinstance(payload, PushPayload) else None,
-        after=payload.after.lower() if isinstance(payload, PushPayload) else None,
-        pusher=payload.who if isinstance(payload, PushPayload) else None,
+        before=push.before.lower() if push else None,
+        after=push.after.lower() if push else None,
+        pusher=push.who if push else None,
         deploy_ids=deploy_ids,
         ignored=skips,
     )
