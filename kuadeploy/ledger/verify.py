@@ -74,14 +74,11 @@ def verify_ledger(
 
 # Rows per process at least: below that, starting a process costs more than it saves.
 PARALLEL_ROWS = 100_000
-CHUNKS_PER_PROCESS = 4
 
 
 def _verify_parallel(path: str, start: Head, head: int, workers: int) -> VerifyResult:
-    # More chunks than processes: one slowed down (a shared machine) holds up less.
-    count = workers * CHUNKS_PER_PROCESS
-    step = (head - start.seq) // count
-    lows = [start.seq + i * step for i in range(count)]
+    step = (head - start.seq) // workers
+    lows = [start.seq + i * step for i in range(workers)]
     highs: list[int | None] = [*lows[1:], None]  # the last chunk takes rows appended meanwhile
     with process_pool(workers) as pool:
         chunks = [
