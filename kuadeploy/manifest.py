@@ -34,7 +34,7 @@ def manifest_to_entry(manifest: dict[str, Any], importer: dict[str, Any]) -> tup
     """(app name, entry document): drop `name`, move `health_url` into `verify`, then
     merge what the importer supplies (at least `repo`) as a JSON Merge Patch."""
     name = manifest.get("name")
-    if not isinstance(name, str) or not APP_NAME.match(name):
+    if not isinstance(name, str) or not APP_NAME.fullmatch(name):
         raise ManifestError(f"{MANIFEST_FILE}: name must match {APP_NAME.pattern}")
     entry = {k: v for k, v in manifest.items() if k not in ("name", "health_url")}
     if "health_url" in manifest:

@@ -32,7 +32,7 @@ class Problem(msgspec.Struct, frozen=True):
 
 
 def check_app_name(name: str) -> list[Problem]:
-    if APP_NAME.match(name):
+    if APP_NAME.fullmatch(name):
         return []
     return [Problem("app", f"app name {name[:80]!r} must match {APP_NAME.pattern}")]
 
@@ -50,6 +50,8 @@ def check_branch(branch: str) -> str | None:
         return "branch name contains whitespace, control or shell characters"
     if ".." in branch or "@{" in branch or branch == "@" or "//" in branch:
         return "branch name contains '..', '@{', '//' or is '@'"
+    if branch == "HEAD":  # git check-ref-format --branch refuses it: it names no branch
+        return "branch name must not be 'HEAD'"
     if branch.startswith("/") or branch.endswith("/") or branch.endswith("."):
         return "branch name must not start or end with '/' or end with '.'"
     if any(c in branch for c in "~^:"):
@@ -190,14 +192,14 @@ def _check_rules(values: _Values, servers: set[str]) -> list[Problem]:
         if isinstance(pattern, str) and (message := check_repo_path(pattern)):
             problems.append(Problem(f"$.migrations.paths[{i}]", message))
     for key in build_args:
-        if not _NAME.match(key):
+        if not _NAME.fullmatch(key):
             problems.append(Problem(f"$.build_args.{key}", "not a valid build argument name"))
         elif key == BUILD_ARG_SHA:
             problems.append(Problem(f"$.build_args.{key}", "set by kuadeploy to the deployed SHA"))
-    if health_url is not None and not _HTTP_URL.match(health_url):
+    if health_url is not None and not _HTTP_URL.fullmatch(health_url):
         problems.append(Problem("$.verify.health_url", "must be an http:// or https:// URL"))
     for key in env:
-        if not _NAME.match(key):
+        if not _NAME.fullmatch(key):
             problems.append(Problem(f"$.container.env.{key}", "not a valid variable name"))
     return problems
 

@@ -117,7 +117,7 @@ class Mirror:
 
     def commit_of(self, sha: str) -> str:
         """The full id of the commit `sha` (full or abbreviated hex) names."""
-        if not _HEX.match(sha):
+        if not _HEX.fullmatch(sha):
             raise RefNotFound(f"{sha!r} is not a commit id")
         try:
             obj = self.repo.get(sha) if len(sha) in (40, 64) else self.repo.revparse_single(sha)

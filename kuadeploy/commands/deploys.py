@@ -16,6 +16,7 @@ import msgspec
 from kuadeploy import events as ev
 from kuadeploy.errors import ApiError
 from kuadeploy.ledger import NewEvent
+from kuadeploy.validation import check_branch
 from projections.deploys import ACTIVE, Deploys, DeployView, active_deploys
 from projections.registry import Registry
 from projections.runtime import Runtime, newest_first
@@ -77,8 +78,10 @@ def decide_request(
         raise ApiError.not_found(f"app {app!r} is not registered")
     if sha is not None:
         sha = sha.lower()
-        if not SHA.match(sha):
+        if not SHA.fullmatch(sha):
             raise ApiError.invalid_one("$.sha", "sha must be 4 to 64 hex digits")
+    if ref is not None and (problem := check_branch(ref)) is not None:
+        raise ApiError.invalid_one("$.ref", problem)
     in_flight = active_deploys(deploys, app)
     if sha is not None and not force:
         heading = _heading_to(in_flight, runtime, app)

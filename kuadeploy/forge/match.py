@@ -22,7 +22,7 @@ def repo_key(url: str) -> str:
     if "://" in url:
         parts = urlsplit(url)
         host, path = (parts.hostname or ""), parts.path
-    elif (m := _SCP.match(url)) and not url.startswith("/"):
+    elif (m := _SCP.fullmatch(url)) and not url.startswith("/"):
         host, path = m["host"], m["path"]
     else:
         host, path = "", url

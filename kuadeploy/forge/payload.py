@@ -18,7 +18,7 @@ _ZERO = re.compile(r"^0+$")
 
 def is_zero(object_id: str) -> bool:
     """The all-zero id: no commit (a new branch's `before`, a deleted branch's `after`)."""
-    return bool(_ZERO.match(object_id))
+    return bool(_ZERO.fullmatch(object_id))
 
 
 class Repository(msgspec.Struct, frozen=True):

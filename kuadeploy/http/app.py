@@ -44,7 +44,8 @@ def guard(handler: Handler, route: str, tokens: TokenBook, requests: RequestLog)
                 who = _authenticate(request, tokens, role)
             response = await handler(request)
         except ApiError as exc:
-            response = problem_response(exc)
+            challenge = exc.status == 401 and role is not None
+            response = problem_response(exc, _CHALLENGE if challenge else None)
         except web.HTTPException as exc:
             if exc.status < 400:
                 _record(requests, route, request, exc.status, started, who)
@@ -59,9 +60,13 @@ def guard(handler: Handler, route: str, tokens: TokenBook, requests: RequestLog)
     return guarded
 
 
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="kuadeploy"'}  # RFC 6750 §3
+
+
 def _authenticate(request: web.Request, tokens: TokenBook, role: str) -> Principal:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    who = tokens.authenticate(token.strip()) if scheme == "Bearer" else None
+    # RFC 9110 §11.1: the scheme is case-insensitive
+    who = tokens.authenticate(token.strip()) if scheme.lower() == "bearer" else None
     if who is None:
         raise ApiError(401, "Unauthorized", "a valid bearer token is required")
     request[PRINCIPAL] = who

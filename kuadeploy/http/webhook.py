@@ -95,11 +95,11 @@ def _delivery(request: web.Request, config: WebhookConfig, body: bytes) -> Deliv
     signed = _signed_text(request.content_type, body)
     scope, claimed = _verify(request, config, signed)
     event = _header(request, "Event")
-    if not EVENT.match(event):
+    if not EVENT.fullmatch(event):
         detail = "X-Forgejo-Event header missing or not an event name"
         raise Rejected("no_event", ApiError.bad_request(detail))
     delivery_id = _header(request, "Delivery")
-    if not DELIVERY_ID.match(delivery_id):
+    if not DELIVERY_ID.fullmatch(delivery_id):
         detail = "X-Forgejo-Delivery header missing or not a delivery id"
         raise Rejected("no_delivery", ApiError.bad_request(detail))
     try:
