@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 Role = Literal["reader", "deployer", "admin"]
+Sha256Hex = Annotated[str, msgspec.Meta(pattern="^[0-9a-fA-F]{64}$")]
+# host:port, port 0-65535 (0: any free port); an IPv6 host in brackets
+_PORT = "(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+Listen = Annotated[str, msgspec.Meta(pattern=f"^([^:\\s]*|\\[[0-9a-fA-F:.]+\\]):{_PORT}$")]
 
 
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -21,7 +25,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
 class TokenConfig(msgspec.Struct, forbid_unknown_fields=True):
     actor: str
     role: Role
-    sha256: str
+    sha256: Sha256Hex
 
 
 class SecretsConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -71,7 +75,7 @@ class DeployConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     data_dir: str = "data"
-    listen: str = "127.0.0.1:8080"
+    listen: Listen = "127.0.0.1:8080"
     legacy_registry: str | None = None
     snapshot_every: int = 4096
     sse_heartbeat_s: float = 15.0
@@ -129,6 +133,11 @@ def load_config(path: str | None = None, env: dict[str, str] | None = None) -> C
         overrides["listen"] = env["KUA_LISTEN"]
     if overrides:
         config = msgspec.structs.replace(config, **overrides)
+        try:  # the same schema for what the environment set
+            msgspec.convert(msgspec.to_builtins(config), Config)
+        except msgspec.ValidationError as exc:
+            names = ", ".join(f"KUA_{k.upper()}" for k in sorted(overrides))
+            raise ConfigError(f"environment {names}: {exc}") from exc
     if not config.servers:
         docker = env.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         config = msgspec.structs.replace(config, servers={"local": ServerConfig(docker=docker)})

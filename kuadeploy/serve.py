@@ -14,7 +14,7 @@ from aiohttp import web
 
 from kuadeploy.config import Config
 from kuadeploy.http.app import REQUEST_LOG, make_app
-from kuadeploy.service import Service
+from kuadeploy.service import Service, StartupError
 
 log = logging.getLogger("kuadeploy.serve")
 
@@ -53,14 +53,14 @@ def bind(listen: str) -> socket.socket:
         )[0]
         sock = socket.socket(family, kind, proto)
     except OSError as exc:
-        raise SystemExit(f"kuadeploy: cannot listen on {listen}: {exc}") from exc
+        raise StartupError(f"cannot listen on {listen}: {exc}") from exc
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
         sock.listen(128)
     except OSError as exc:
         sock.close()
-        raise SystemExit(f"kuadeploy: cannot listen on {listen}: {exc.strerror}") from exc
+        raise StartupError(f"cannot listen on {listen}: {exc.strerror}") from exc
     sock.setblocking(False)
     return sock
 

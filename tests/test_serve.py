@@ -12,6 +12,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.support import ROOT
 
 
@@ -93,18 +95,48 @@ def test_first_boot_without_config_then_graceful_stop(tmp_path):
     held.close()
 
 
-def test_bad_config_is_a_one_line_error(tmp_path):
+BAD_CONFIGS = [
+    ("listen = 5\n", {}, "listen"),
+    ('listen = "nowhere"\n', {}, "listen"),
+    ('listen = "127.0.0.1:99999"\n', {}, "listen"),
+    ("", {"KUA_LISTEN": "abc"}, "KUA_LISTEN"),
+    ('[[tokens]]\nactor = "a"\nrole = "admin"\nsha256 = "not hex"\n', {}, "sha256"),
+    ('[[tokens]]\nactor = "a"\nrole = "root"\nsha256 = "' + "0" * 64 + '"\n', {}, "role"),
+]
+
+
+@pytest.mark.parametrize(("toml", "env", "named"), BAD_CONFIGS)
+def test_bad_config_is_a_one_line_error(tmp_path, toml, env, named):
     config = tmp_path / "k.toml"
-    config.write_text('data_dir = "d"\nlisten = 5\n')
-    proc = subprocess.run(
-        [sys.executable, "-m", "kuadeploy", "serve", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        timeout=30,
+    config.write_text('data_dir = "d"\n' + toml)
+    proc = serve_once(tmp_path, config, env)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("kuadeploy:") and named in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr  # one line, no traceback
+    assert not (tmp_path / "d").exists()  # refused before anything was created
+
+
+def test_a_taken_port_is_a_one_line_error(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = serve_once(tmp_path, None, {"KUA_LISTEN": f"127.0.0.1:{port}"})
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if not line.startswith("{")]
+    assert lines == [f"kuadeploy: cannot start: cannot listen on 127.0.0.1:{port}: {_IN_USE}"]
+
+
+_IN_USE = os.strerror(98)
+
+
+def serve_once(tmp: Path, config: Path | None, env: dict[str, str]) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "kuadeploy", "serve"] + (
+        ["--config", str(config)] if config else []
     )
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("kuadeploy:") and "listen" in proc.stderr
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    full_env.pop("KUA_CONFIG", None)
+    return subprocess.run(args, cwd=tmp, capture_output=True, text=True, env=full_env, timeout=30)
 
 
 def test_serve_refuses_a_rewound_ledger_and_accepts_it_when_told(tmp_path):
