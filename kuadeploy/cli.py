@@ -168,9 +168,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         print(f"nothing to do: {answer['reason']} (deploy {deploy_id})")
     else:
         print(f"deploy {deploy_id} queued")
-    if not args.follow:
-        return 0
-    return follow(client, deploy_id)
+    # Without --follow it still waits: the exit status is the deploy's verdict, never
+    # "queued" (a queued deploy can still fail).
+    return follow(client, deploy_id, progress=args.follow)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -269,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--sha", help="the commit to deploy (default: the branch head)")
     deploy.add_argument("--force", action="store_true", help="even if already deployed")
     deploy.add_argument(
-        "--follow", action="store_true", help="watch it live; exit 0 only on a verified success"
+        "--follow",
+        action="store_true",
+        help="show every step live (either way: exit 0 only on a verified success)",
     )
     deploy.set_defaults(func=cmd_deploy)
 

@@ -50,8 +50,11 @@ def describe(event: dict) -> str | None:
     return None
 
 
-def follow(client: Client, deploy_id: str, out: TextIO = sys.stdout) -> int:
-    """Print the deploy as it happens; 0 only when it ends verified and succeeded.
+def follow(
+    client: Client, deploy_id: str, out: TextIO = sys.stdout, *, progress: bool = True
+) -> int:
+    """Print the deploy as it happens (each step with `progress`, else only the
+    verdict); 0 only when it ends verified and succeeded.
 
     The server may go away mid-deploy and come back — a self-deploy replaces it,
     and the new (or restored) instance records the outcome — so a stream that ends
@@ -64,7 +67,7 @@ def follow(client: Client, deploy_id: str, out: TextIO = sys.stdout) -> int:
         try:
             for ident, event in client.events(path, last):
                 last, lost = ident, None
-                line = describe(event)
+                line = describe(event) if progress else None
                 if line:
                     out.write(f"[{time.monotonic() - started:6.1f}s] {line}\n")
                     out.flush()

@@ -368,6 +368,10 @@ async def test_cli_deploy_follow_shows_steps_and_exits_by_the_verdict(api, sampl
     sample_app.broken_dockerfile()
     rc, out, _ = await run_cli_async("deploy", sample_app.name, "--follow", *client)
     assert rc == 1 and "FAILED" in out and ": failed" in out.splitlines()[-1]
+    rc, out, _ = await run_cli_async("deploy", sample_app.name, *client)  # no --follow
+    lines = out.splitlines()
+    assert rc == 1 and len(lines) == 2, out  # waited for the verdict, steps not shown
+    assert lines[0].endswith("queued") and ": failed" in lines[1]
 
     rc, out, err = await run_cli_async("deploy", sample_app.name, *client[:2], "--token", "bad")
     assert rc == 2 and err.startswith("kuadeploy: unauthorized")
