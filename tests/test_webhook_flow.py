@@ -63,7 +63,7 @@ async def test_git_push_and_its_forgejo_delivery_deploy_exactly_that_sha(api, sa
     # a manual replay (new UUID) and the "Test delivery" button: nothing to do, said so
     for again in (forge.push(after, before=before), forge.test_push(after)):
         status, answer, _ = await post(api, deliver("push", again, SECRET))
-        assert status == 200 and answer["deploy_ids"] == []
+        assert status == 200 and set(answer) == {"ignored"}
         [skip] = answer["ignored"]
         assert skip["deploy_id"] == deploy_id and skip["app"] == sample_app.name
         assert skip["reason"].endswith(f"{after} is already the verified release")
@@ -102,12 +102,12 @@ async def test_fifty_deliveries_in_two_seconds_one_deploy_at_a_time_the_last_win
     assert set(records) == {d.uuid for d in deliveries}
     requests = {e["stream"][7:]: e for e in events if e["type"] == "DeployRequested"}
     for d, (_, body, _) in zip(deliveries, answers, strict=True):
-        record = records[d.uuid]
-        assert record["data"]["deploy_ids"] == body["deploy_ids"]
-        for deploy_id in body["deploy_ids"]:
+        record, started = records[d.uuid], body.get("deploy_ids", [])
+        assert record["data"]["deploy_ids"] == started
+        for deploy_id in started:
             assert requests[deploy_id]["data"]["delivery"] == d.uuid
         skipped = [s["deploy_id"] for s in body["ignored"]]
-        assert len(body["deploy_ids"]) + len(skipped) == 1  # each delivery: a deploy or why not
+        assert len(started) + len(skipped) == 1  # each delivery: a deploy or why not
     assert {r["data"]["delivery"] for r in requests.values()} <= set(records)
     # never two deploys running for the app: replay the ledger
     running, peak, ended = set(), 0, {}

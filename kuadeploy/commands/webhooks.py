@@ -59,6 +59,8 @@ class Answer(msgspec.Struct, frozen=True):
     def body(self) -> dict[str, Any]:
         skips = [{k: v for k, v in msgspec.structs.asdict(s).items() if v is not None}
                  for s in self.ignored]  # fmt: skip
+        if not self.deploy_ids:  # DESIGN §4: 200 with only `ignored`
+            return {"ignored": skips}
         return {"deploy_ids": self.deploy_ids, "ignored": skips}
 
 
