@@ -23,7 +23,10 @@ PROBLEMS = {
     413: ("PayloadTooLarge", "The request body is over the route's limit (1 MiB; webhooks 5 MiB)"),
     415: ("UnsupportedMediaType", "The request body is not of a media type this route takes"),
     422: ("Unprocessable", "Invalid entry or parameter; `errors` lists every problem"),
-    503: ("Busy", "The app kept changing concurrently; try again"),
+    503: (
+        "Unavailable",
+        "Try again: the app kept changing concurrently, or no checkpoint is signed yet",
+    ),
 }
 
 
@@ -301,7 +304,7 @@ def ledger_paths() -> dict[str, Any]:
                     }
                 },
                 role="reader",
-                errors=(404,),
+                errors=(503,),
             ),
         },
         "/api/v1/audit/proof/inclusion": {
@@ -315,7 +318,7 @@ def ledger_paths() -> dict[str, Any]:
                     )
                 },
                 role="reader",
-                errors=(400, 422),
+                errors=(400, 422, 503),
                 params=(
                     param(
                         "seq",
@@ -340,7 +343,7 @@ def ledger_paths() -> dict[str, Any]:
                 "audit",
                 {"200": answer("RFC 9162 consistency proof", ref("ConsistencyProof"))},
                 role="reader",
-                errors=(400, 422),
+                errors=(400, 422, 503),
                 params=(
                     param(
                         "from",
