@@ -188,3 +188,11 @@ async def test_a_deploy_of_a_sha_with_a_line_break_is_refused(api, sha):
     )
     assert is_problem(resp, body, 422), (sha, status, body)
     assert await api.head_seq() == 1
+
+
+async def test_a_bad_name_is_listed_with_the_entrys_own_problems(api):
+    doc = entry_doc("a..b", server="nowhere")
+    _status, body, resp = await api.call("PUT", "/api/v1/apps/UPPER", json=doc)
+    assert is_problem(resp, body, 422)
+    assert [e["path"] for e in body["errors"]] == ["app", "$.branch", "$.server"], body
+    assert await api.head_seq() == 1

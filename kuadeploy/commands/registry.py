@@ -66,6 +66,8 @@ class Outcome(msgspec.Struct):
 def decide_put(
     app: str, current: AppState | None, body: Any, servers: set[str], pre: Preconditions
 ) -> Decision:
+    if name_problems := check_app_name(app):  # listed with the entry's own problems
+        raise ApiError.invalid([*name_problems, *validate_entry(body, servers)[1]])
     before = _check_target(app, current, pre)
     entry, problems = validate_entry(body, servers)
     if problems:
