@@ -18,6 +18,7 @@ SCRIPT = [
     ("DELETE", "api", None),
     ("PUT", "db", entry_doc(keep_releases=3)),
     ("PUT", "api", entry_doc("back")),
+    ("PUT", "api", entry_doc("again")),  # a replace
     ("PATCH", "db", {"container": {"env": {"A": None, "B": "2"}}}),
     ("DELETE", "web", None),
 ]

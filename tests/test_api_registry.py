@@ -44,6 +44,8 @@ async def test_put_get_patch_delete_happy_path(api):
     assert status == 200 and body["entry"]["container"]["env"] == {}
     status, body, _ = await api.call("PUT", "/api/v1/apps/web", json=entry_doc("x"))
     assert status == 200 and body["version"] == 4
+    status, body, _ = await api.call("GET", "/api/v1/apps/web")
+    assert body["entry"]["branch"] == "x" and body["entry"]["container"]["env"] == {}
     status, body, _ = await api.call("GET", "/api/v1/apps", role="reader")
     assert [a["app"] for a in body["apps"]] == ["web"]
     status, body, _ = await api.call("DELETE", "/api/v1/apps/web", headers={"If-Match": '"4"'})

@@ -28,6 +28,7 @@ DEPLOYS = ["d1", "d2", "d3", "d4"]
 
 registry_op = st.one_of(
     st.tuples(st.just("put"), st.sampled_from(APPS), st.sampled_from(["main", "dev", "x"])),
+    st.tuples(st.just("replace"), st.sampled_from(APPS), st.sampled_from(["main", "rel"])),
     st.tuples(st.just("patch"), st.sampled_from(APPS), st.integers(1, 9)),
     st.tuples(st.just("remove"), st.sampled_from(APPS)),
 )
@@ -53,6 +54,8 @@ def to_event(op: tuple, n: int) -> NewEvent:
     kind = op[0]
     if kind == "put":
         return NewEvent(f"app/{op[1]}", ev.AppRegistered(app=op[1], entry=entry(op[2])))
+    if kind == "replace":  # the folds must not care whether the app existed
+        return NewEvent(f"app/{op[1]}", ev.AppReplaced(app=op[1], entry=entry(op[2])))
     if kind == "patch":
         data = ev.AppPatched(app=op[1], entry=entry(keep_releases=op[2]), patch={"k": op[2]})
         return NewEvent(f"app/{op[1]}", data)
