@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
-from kuadeploy.ledger import reading
+from kuadeploy.ledger import reading, store
 from kuadeploy.ledger.verify import verify_ledger
 from tests.api_support import TOKENS, entry_doc, make_config, running
 
@@ -184,11 +185,28 @@ async def test_dry_runs_write_nothing_and_predict_the_real_result(api):
     _, real, _ = await api.call("PATCH", "/api/v1/apps/web", json=patch)
     assert real["entry"] == dry["after"]
 
-    _, dry, _ = await api.call("DELETE", "/api/v1/apps/web?dry_run=1")
-    assert dry["after"] is None and dry["diff"] == [{"op": "remove", "path": ""}]
+    _, stored, _ = await api.call("GET", "/api/v1/apps/web")
+    assert stored["entry"] == dry["after"]
+
+    _, dry, _ = await api.call("PUT", "/api/v1/apps/web?dry_run=1", json=entry_doc("rel"))
+    assert dry["before"] == stored["entry"] and dry["after"]["branch"] == "rel"
+    assert {"op": "replace", "path": "/branch", "value": "rel"} in dry["diff"]
+    assert {"op": "remove", "path": "/container/env/K"} in dry["diff"]  # PUT replaces it all
     assert await api.head_seq() == 2
+    _, real, _ = await api.call("PUT", "/api/v1/apps/web", json=entry_doc("rel"))
+    _, stored, _ = await api.call("GET", "/api/v1/apps/web")
+    assert real["entry"] == stored["entry"] == dry["after"]
+
+    _, dry, _ = await api.call("DELETE", "/api/v1/apps/web?dry_run=1")
+    assert dry["before"] == stored["entry"] and dry["after"] is None
+    assert dry["diff"] == [{"op": "remove", "path": ""}]
+    assert await api.head_seq() == 3
     status, _, _ = await api.call("GET", "/api/v1/apps/web")
     assert status == 200
+    status, real, _ = await api.call("DELETE", "/api/v1/apps/web")
+    assert status == 200 and real["removed"] is True and await api.head_seq() == 4
+    status, _, _ = await api.call("GET", "/api/v1/apps/web")
+    assert status == 404
 
 
 async def test_if_none_match_creates_only(api):
@@ -202,8 +220,36 @@ async def test_if_none_match_creates_only(api):
     assert status == 201 and body["version"] == 3  # the stream goes on across delete
 
 
-async def test_hundred_concurrent_patches_with_the_same_if_match(api):
+def slow_commits(api, monkeypatch) -> dict[str, int]:
+    """Commits take 2 ms on the commit thread, so requests overlap for sure (on a fast
+    disk a lone append commits inline, and one PATCH would end before the next began).
+    Returns the most PATCHes seen in flight at once."""
+    real = store._insert_rows
+
+    def slow(conn, rows):
+        time.sleep(0.002)
+        return real(conn, rows)
+
+    monkeypatch.setattr(store, "_insert_rows", slow)
+    api.service.ledger._threaded = True
+    seen = {"now": 0, "max": 0}
+    patch_app = api.service.patch_app
+
+    async def counted(*args, **kwargs):
+        seen["now"] += 1
+        seen["max"] = max(seen["max"], seen["now"])
+        try:
+            return await patch_app(*args, **kwargs)
+        finally:
+            seen["now"] -= 1
+
+    monkeypatch.setattr(api.service, "patch_app", counted)
+    return seen
+
+
+async def test_hundred_concurrent_patches_with_the_same_if_match(api, monkeypatch):
     await api.call("PUT", "/api/v1/apps/web", json=entry_doc())
+    seen = slow_commits(api, monkeypatch)
 
     async def patch(i: int):
         return await api.call(
@@ -220,6 +266,7 @@ async def test_hundred_concurrent_patches_with_the_same_if_match(api):
     _, now, _ = await api.call("GET", "/api/v1/apps/web")
     assert now["version"] == 2 and now["entry"] == winner["entry"]  # no lost update
     assert await api.head_seq() == 2
+    assert seen["max"] > 10  # they did overlap
     conn = reading.open_readonly(api.service.config.ledger_path)
     assert verify_ledger(conn).ok
     conn.close()
@@ -279,8 +326,9 @@ async def test_tokens_added_by_the_cli_work_without_restart(api, tmp_path):
     assert TOKENS["admin"] not in (tmp_path / "tokens.json").read_text()
 
 
-async def test_hundred_concurrent_unconditional_patches_all_apply(api):
+async def test_hundred_concurrent_unconditional_patches_all_apply(api, monkeypatch):
     await api.call("PUT", "/api/v1/apps/web", json=entry_doc())
+    seen = slow_commits(api, monkeypatch)
     results = await asyncio.gather(
         *(
             api.call("PATCH", "/api/v1/apps/web", json={"container": {"env": {f"K{i}": "v"}}})
@@ -290,6 +338,7 @@ async def test_hundred_concurrent_unconditional_patches_all_apply(api):
     assert [r[0] for r in results] == [200] * 100
     _, now, _ = await api.call("GET", "/api/v1/apps/web")
     assert len(now["entry"]["container"]["env"]) == 100 and now["version"] == 101
+    assert seen["max"] > 10
 
 
 async def test_concurrent_deploy_requests_for_one_sha_queue_one_deploy(api, tmp_path):

@@ -28,7 +28,9 @@ KILLS = 12
 
 def test_sigkill_at_random_moments_loses_no_returned_append(tmp_path):
     path = str(tmp_path / "ledger.db")
-    rng = random.Random(os.getpid())
+    # KUA_CRASH_SEED replays a failing run; the seed in use is in every failure message
+    seed = int(os.environ.get("KUA_CRASH_SEED") or random.SystemRandom().randrange(2**32))
+    rng = random.Random(seed)
     returned: dict[int, str] = {}
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for round_ in range(KILLS):
@@ -42,7 +44,7 @@ def test_sigkill_at_random_moments_loses_no_returned_append(tmp_path):
         time.sleep(rng.uniform(0.4, 1.2))  # start-up takes ~0.3 s; kill anywhere after
         proc.send_signal(signal.SIGKILL)
         out, err = proc.communicate(timeout=30)
-        assert proc.returncode == -signal.SIGKILL, err.decode()
+        assert proc.returncode == -signal.SIGKILL, f"seed {seed}: {err.decode()}"
         lines = out.decode().split("\n")[:-1]  # a last line without "\n" was cut mid-write
         for line in lines:
             seq, hash_hex = line.split()
@@ -51,10 +53,11 @@ def test_sigkill_at_random_moments_loses_no_returned_append(tmp_path):
         conn = reading.open_readonly(path)
         stored = {seq: h.hex() for seq, _s, _v, _b, h in reading.iter_rows(conn)}
         missing = {s for s in returned if stored.get(s) != returned[s]}
-        assert not missing, f"round {round_}: returned appends lost: {sorted(missing)[:5]}"
+        assert not missing, f"seed {seed}, round {round_}: lost {sorted(missing)[:5]}"
         result = verify_ledger(conn)
-        assert result.ok, result
-        assert encode_state(load_state(conn)) == encode_state(rebuild_state(conn))
+        assert result.ok, f"seed {seed}: {result}"
+        live, rebuilt = encode_state(load_state(conn)), encode_state(rebuild_state(conn))
+        assert live == rebuilt, f"seed {seed}, round {round_}: live state != rebuild"
         snapshots = conn.execute("SELECT COUNT(*) FROM snapshots").fetchone()[0]
         signed = check_checkpoints(tmp_path, conn)
         conn.close()

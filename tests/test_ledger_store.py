@@ -176,3 +176,23 @@ async def test_close_finishes_queued_appends(tmp_path):
     led = await Ledger.open(str(tmp_path / "l.db"))
     assert led.head.seq == 20
     await led.close()
+
+
+async def test_commits_are_durable_wal_with_a_full_sync(ledger):
+    """A SIGKILL cannot tell synchronous=FULL from OFF (the OS keeps the pages); only a
+    power cut could. So the settings themselves are checked, on the writer's connection."""
+    assert ledger._writer.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert ledger._writer.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_the_file_itself_refuses_a_second_event_at_a_stream_version(ledger):
+    """Any writer, not only this process's in-memory check: UNIQUE(stream, version)."""
+    [stored] = await ledger.append([register("web")], actor="a")
+    conn = sqlite3.connect(ledger.path)
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        conn.execute(
+            "INSERT INTO events (seq, stream, version, type, ts, body, hash) "
+            "VALUES (2, 'app/web', 1, 'AppRegistered', 'x', x'00', x'00')"
+        )
+    conn.close()
+    assert ledger.head.seq == stored.seq == 1
