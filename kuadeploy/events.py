@@ -213,8 +213,9 @@ class CheckpointOverridden(EventData, frozen=True):
     checkpoint, or its hash chain broken, and an operator accepted it explicitly.
     old_*: the refused checkpoint (None when its file could not be read as one);
     new_*: the ledger as accepted, before this event. Roots are lowercase hex.
-    chain_breaks: the seqs of chain hash mismatches accepted here; later
-    start-ups accept the chain broken at exactly those seqs."""
+    chain_breaks: the seqs of chain breaks accepted here (hash mismatches, type or
+    ts columns that differ from the body); later start-ups accept the chain broken
+    at exactly those seqs."""
 
     reason: str
     old_size: int | None

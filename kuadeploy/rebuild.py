@@ -31,7 +31,7 @@ def rebuild_and_compare(conn: sqlite3.Connection) -> tuple[State, RebuildReport]
     pending = iter(snaps)
     nxt = next(pending, None)
     state, decode, n = State(), events.decoder().decode, 0
-    for seq, _stream, _version, body, _hash in reading.iter_rows(conn):
+    for seq, _stream, _version, _type, _ts, body, _hash in reading.iter_rows(conn):
         fold(state, decode(body))
         n += 1
         while nxt is not None and nxt[0] <= seq:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from kuadeploy.service import StartupError
 from tests.api_support import TOKENS, entry_doc, make_config, running
+from tests.support import unprotect
 
 SCRIPT = [
     ("PUT", "web", entry_doc()),
@@ -158,6 +161,17 @@ async def test_audit_verify_incremental_and_full(api):
     assert body["ok"] is True and body["head"]["seq"] == len(SCRIPT) + 1
     _, metrics, _ = await api.call("GET", "/metrics", role=None)
     assert b"kuadeploy_audit_last_verify_ok 1.0" in metrics
+
+
+async def test_audit_verify_full_sees_a_changed_type_column(api):
+    """The column registry_at selects by is unhashed: the verifier compares it."""
+    await play_script(api)
+    with closing(sqlite3.connect(api.service.config.ledger_path, isolation_level=None)) as conn:
+        unprotect(conn)
+        conn.execute("UPDATE events SET type = 'AppRemoved' WHERE seq = 1")
+    status, body, _ = await api.call("GET", "/api/v1/audit/verify?full=1", role="reader")
+    assert status == 200 and body["ok"] is False and body["first_bad_seq"] == 1
+    assert body["reason"] == "type column 'AppRemoved' differs from the body's 'AppRegistered'"
 
 
 async def test_healthz_and_metrics_need_no_token(api):

@@ -116,6 +116,14 @@ def undecodable_body_rechained(d: Path) -> None:
     rechain_from(d, 8)
 
 
+def type_column_changed(d: Path) -> None:
+    tamper(d, ("UPDATE events SET type = 'AppRemoved' WHERE seq = 1", ()))
+
+
+def ts_column_changed(d: Path) -> None:
+    tamper(d, ("UPDATE events SET ts = '2000-01-01T00:00:00.000000Z' WHERE seq = 2", ()))
+
+
 def tail_truncated(d: Path) -> None:
     tamper(d, ("DELETE FROM events WHERE seq > ?", (N - 3,)))
 
@@ -148,9 +156,21 @@ CASES: list[tuple[Callable[[Path], None], str, str]] = [
         f"{CHAIN} 6: body seq 7 != row seq 6",
         f"ledger has {N - 1} events, mirrored checkpoint",
     ),
-    (bodies_swapped_and_rechained, f"{CHAIN} 4: body seq 9", f"root at size {N} differs"),
+    # the rows' type and ts columns stay: the scan sees that before the root
+    (bodies_swapped_and_rechained, f"{CHAIN} 4: body seq 9", "broken at seq 4: type column"),
     (forged_row_at_the_tail, f"{CHAIN} {N + 1}: hash mismatch", f"broken at seq {N + 1}"),
     (undecodable_body_rechained, f"{CHAIN} 8: body does not decode", f"root at size {N} differs"),
+    # unhashed columns: neither the chain nor the tree changes, the scan compares them
+    (
+        type_column_changed,
+        f"{CHAIN} 1: type column 'AppRemoved' differs from the body's 'AppRegistered'",
+        "ledger chain broken at seq 1: type column 'AppRemoved' differs",
+    ),
+    (
+        ts_column_changed,
+        f"{CHAIN} 2: ts column '2000-01-01T00:00:00.000000Z' differs from the body's",
+        "ledger chain broken at seq 2: ts column '2000-01-01T00:00:00.000000Z' differs",
+    ),
     (
         tail_truncated,
         f"FAILED: ledger has {N - 3} events, checkpoint covers {N} (truncated)",

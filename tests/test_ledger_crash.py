@@ -51,7 +51,7 @@ def test_sigkill_at_random_moments_loses_no_returned_append(tmp_path):
             returned[int(seq)] = hash_hex
 
         conn = reading.open_readonly(path)
-        stored = {seq: h.hex() for seq, _s, _v, _b, h in reading.iter_rows(conn)}
+        stored = {seq: h.hex() for seq, *_, h in reading.iter_rows(conn)}
         missing = {s for s in returned if stored.get(s) != returned[s]}
         assert not missing, f"seed {seed}, round {round_}: lost {sorted(missing)[:5]}"
         result = verify_ledger(conn)

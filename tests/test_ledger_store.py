@@ -87,7 +87,7 @@ async def test_fifty_concurrent_appenders_gapless_and_durable(tmp_path):
     rows = list(reading.iter_rows(conn))
     assert [r[0] for r in rows] == list(range(1, len(rows) + 1))
     assert len(rows) == len(returned) == 50 * (20 + 4)
-    assert all(returned[seq] == body for seq, _s, _v, body, _h in rows)
+    assert all(returned[seq] == body for seq, *_, body, _h in rows)
     result = verify_ledger(conn)
     assert result.ok and result.events == len(rows)
 

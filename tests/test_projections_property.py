@@ -120,7 +120,7 @@ def test_rebuild_equals_live_and_point_in_time_equals_prefix_fold(waves, snapsho
         try:
             assert encode_state(rebuild_state(conn)) == encode_state(live)
             assert encode_state(load_state(conn)) == encode_state(live)
-            bodies = [body for _s, _st, _v, body, _h in reading.iter_rows(conn)]
+            bodies = [body for *_, body, _h in reading.iter_rows(conn)]
             expected = independent_registry_fold(bodies)
             for seq in range(1, len(bodies) + 1):
                 exported = render_export(registry_at(conn, seq), seq, None, b"")

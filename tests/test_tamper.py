@@ -131,6 +131,23 @@ def test_a_body_that_does_not_decode_is_reported_not_skipped(data_dir):
     assert_fails_at(data_dir, 8, "body does not decode: Expected `str`, got `int`")
 
 
+def test_a_type_column_that_differs_from_the_body(data_dir):
+    """Unhashed, yet `registry_at` selects registry events by it: removing app0 at
+    seq 1 changes the registry at that point."""
+    tamper(data_dir, ("UPDATE events SET type = 'AppRemoved' WHERE seq = 1", ()))
+    assert_fails_at(
+        data_dir, 1, "type column 'AppRemoved' differs from the body's 'AppRegistered'", "--full"
+    )
+
+
+def test_a_ts_column_that_differs_from_the_body(data_dir):
+    """Unhashed, yet `?at=<time>` finds its seq by it."""
+    tamper(data_dir, ("UPDATE events SET ts = '2000-01-01T00:00:00.000000Z' WHERE seq = 3", ()))
+    assert_fails_at(
+        data_dir, 3, "ts column '2000-01-01T00:00:00.000000Z' differs from the body's", "--full"
+    )
+
+
 def test_full_rechecks_what_an_earlier_run_trusted(data_dir):
     assert run_cli("audit", "verify", "--data-dir", str(data_dir)).returncode == 0
     body, _ = row(data_dir, 2)

@@ -59,6 +59,10 @@ def swap(a: int, b: int):
     return apply
 
 
+def set_column(column: str, value: str, seq: int):
+    return lambda conn: conn.execute(f"UPDATE events SET {column} = ? WHERE seq = ?", (value, seq))
+
+
 def forge_tail(conn: sqlite3.Connection) -> None:
     conn.execute(
         "INSERT INTO events (seq, stream, version, type, ts, body, hash) "
@@ -76,6 +80,8 @@ TAMPERS = {
     "delete 15+16": delete(15, 16),
     "delete 15..31": delete(*range(15, 32)),
     "delete 29+31": delete(29, 31),
+    **{f"type {s}": set_column("type", "AppRemoved", s) for s in (1, 15, 16, 46)},
+    **{f"ts {s}": set_column("ts", "2000-01-01T00:00:00.000000Z", s) for s in (2, 15, 16, 60)},
     "swap 15/16": swap(15, 16),
     "swap 10/40": swap(10, 40),
     "forged tail": forge_tail,
@@ -102,7 +108,7 @@ def test_parallel_equals_sequential(pristine, tmp_path, monkeypatch, name, from_
     # deleting the last row is truncation: only a signed checkpoint sees that; an
     # incremental run trusts the prefix it verified before
     unseen = {"none", "delete 60"} | (
-        {"body 1", "body 7", "hash 1", "delete 2"} if from_seq else set()
+        {"body 1", "body 7", "hash 1", "delete 2", "type 1", "ts 2"} if from_seq else set()
     )
     assert sequential.ok == (name in unseen), sequential
 
@@ -159,9 +165,15 @@ def test_startup_scan_in_two_processes_equals_one(pristine, tmp_path, monkeypatc
         two = checkpoints.scan_ledger(conn, sizes, check_chain=True, accepted_breaks=accepted)
     assert two == one
     assert pools == [1]  # the chain really was checked by a helper process
-    # row 16's mismatch is accepted: a changed body there breaks nothing else, a
-    # changed hash also breaks the link to row 17
-    assert (one.chain_breaks == []) == (name in ("none", "delete 60", "body 16"))
+    # row 16's breaks are accepted: a changed body or column there breaks nothing
+    # else, a changed hash also breaks the link to row 17
+    unseen = ("none", "delete 60", "body 16", "type 16", "ts 16")
+    assert (one.chain_breaks == []) == (name in unseen)
+    if name.startswith(("type ", "ts ")) and name not in unseen:
+        column, seq = name.split()
+        assert [(b.seq, b.reason.split()[:2]) for b in one.chain_breaks] == [
+            (int(seq), [column, "column"])
+        ]
 
 
 def test_without_helper_processes_both_fall_back_to_one(pristine, monkeypatch, caplog):

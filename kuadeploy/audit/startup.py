@@ -8,16 +8,17 @@
    recomputes the root at its size from the event bodies (not from the node
    cache); the last checkpoint in the ledger's own table is checked the same way,
    and the hash chain in the same pass (a changed hash column leaves the bodies'
-   tree alone: only the chain shows it);
+   tree alone: only the chain shows it), with the unhashed type and ts columns
+   against the bodies;
 3. a broken chain, or a ledger shorter than a checkpoint or with another root at
    its size, is refused with LedgerRewound, naming the seq or the sizes. With
    `allow_rewind=True` (the serve flag `--accept-ledger-rewind`) it is accepted
    instead: the Merkle node cache is rebuilt from the events, checkpoints the
    ledger no longer contains are dropped from the table, and a
    `CheckpointOverridden` event in stream `system` records the old and the new
-   size and root, and the seqs of accepted chain hash mismatches, which later
-   start-ups then accept (a ledger with a seq gap cannot be accepted: it has no
-   tree);
+   size and root, and the seqs of accepted chain breaks (hash mismatches, type or
+   ts columns that differ from the body), which later start-ups then accept (a
+   ledger with a seq gap cannot be accepted: it has no tree);
 4. the ledger opens with its node cache checked against the tree just
    recomputed, and a Checkpointer signs the head and then every new batch.
 
@@ -64,7 +65,7 @@ class StartupCheck(NamedTuple):
     problem: str | None  # the first contradiction found, None when all is well
     refused: Checkpoint | None  # the checkpoint the problem is about, if readable
     tree: TreeState  # recomputed from the bodies, at the head
-    chain_breaks: tuple[int, ...] = ()  # seqs of chain hash mismatches, to accept
+    chain_breaks: tuple[int, ...] = ()  # seqs of chain breaks but seq gaps, to accept
 
 
 class AuditedLedger(NamedTuple):
@@ -108,8 +109,8 @@ def check_ledger(ledger_path: str, mirror: Path, verifier: Verifier, origin: str
         )
     if broken:
         refused = claims[0][1] if claims else None
-        mismatches = tuple(b.seq for b in broken if b.reason == "hash mismatch")
-        return StartupCheck(str(broken[0]), refused, tree, mismatches)
+        acceptable = tuple(b.seq for b in broken if b.reason != "row missing")
+        return StartupCheck(str(broken[0]), refused, tree, acceptable)
     for what, claim in claims:
         problem = checkpoint_problem(tree.size, roots.get(claim.size), claim.size, claim.root, what)
         if problem is not None:
@@ -204,7 +205,8 @@ def accepted_chain_breaks(conn: sqlite3.Connection) -> set[int]:
             data = events.decode(body).data
         except msgspec.MsgspecError:
             continue  # the chain check itself reports a body that does not decode
-        breaks.update(data.chain_breaks)
+        if isinstance(data, CheckpointOverridden):  # the type column is not hashed
+            breaks.update(data.chain_breaks)
     return breaks
 
 

@@ -45,8 +45,8 @@ def chain_hash(prev: bytes, body: bytes) -> bytes:
     return sha256(prev + body).digest()
 
 
-# A row as stored: (seq, stream, version, body, hash).
-Row = tuple[int, str, int, bytes, bytes]
+# A row as stored: (seq, stream, version, type, ts, body, hash).
+Row = tuple[int, str, int, str, str, bytes, bytes]
 
 
 def verify_rows(rows: Iterable[Row], start: Head = GENESIS) -> VerifyResult:
@@ -54,12 +54,16 @@ def verify_rows(rows: Iterable[Row], start: Head = GENESIS) -> VerifyResult:
 
     Reasons, in the order they are checked: a seq gap, a hash mismatch, a body that
     does not decode with the typed schema, a body whose seq/stream/version differ
-    from the row's.
+    from the row's, a type or ts column that differs from the body (unhashed, yet
+    point-in-time reads select by them).
     """
     decode = events.decoder().decode
+    # The decoded envelope's class is its type; a dict lookup is cheaper than the
+    # Envelope.type property.
+    type_of = {cls.Recorded: name for name, cls in events.EVENT_TYPES.items()}
     prev_seq, prev_hash = start
     n = 0
-    for seq, stream, version, body, stored in rows:
+    for seq, stream, version, kind, ts, body, stored in rows:
         expected = prev_seq + 1
         if seq != expected:
             return _bad(
@@ -76,6 +80,12 @@ def verify_rows(rows: Iterable[Row], start: Head = GENESIS) -> VerifyResult:
             return _bad(n, prev_seq, prev_hash, seq, f"body seq {ev.seq} != row seq {seq}")
         if ev.stream != stream or ev.version != version:
             return _bad(n, prev_seq, prev_hash, seq, "body stream/version differ from the row's")
+        if type_of[type(ev)] != kind:
+            reason = f"type column {kind!r} differs from the body's {ev.type!r}"
+            return _bad(n, prev_seq, prev_hash, seq, reason)
+        if ev.ts != ts:
+            reason = f"ts column {ts!r} differs from the body's {ev.ts!r}"
+            return _bad(n, prev_seq, prev_hash, seq, reason)
         prev_seq, prev_hash = seq, stored
         n += 1
     return VerifyResult(ok=True, events=n, head=Head(prev_seq, prev_hash))

@@ -30,8 +30,8 @@ def open_readonly(path: str) -> sqlite3.Connection:
 
 
 def iter_rows(conn: sqlite3.Connection, after: int = 0, until: int | None = None) -> Iterator[Row]:
-    """(seq, stream, version, body, hash) for after < seq <= until, in seq order."""
-    sql = "SELECT seq, stream, version, body, hash FROM events WHERE seq > ?"
+    """(seq, stream, version, type, ts, body, hash) for after < seq <= until, in seq order."""
+    sql = "SELECT seq, stream, version, type, ts, body, hash FROM events WHERE seq > ?"
     args: tuple = (after,)
     if until is not None:
         sql += " AND seq <= ?"
