@@ -255,7 +255,13 @@ class DeployRun:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise GateExpired(f"migration gate expired after {expiry:g}s without approval")
-                await self.ctx.notifier.wait(remaining)
+                if self.ctx.notifier.closed:
+                    # Shutting down: wait() now returns at once, so looping on it never
+                    # yields and the process never exits. No approval can come any more:
+                    # sleep until the runner's close cancels us (DeployInterrupted).
+                    await asyncio.sleep(remaining)
+                else:
+                    await self.ctx.notifier.wait(remaining)
             approved_by = view.gate.get("approved_by") if view and view.gate else None
             return touched, {**detail, "approval": "required", "approved_by": approved_by}
 
