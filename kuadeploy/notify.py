@@ -26,8 +26,11 @@ class Notifier:
             return True
         if self._waiter is None:
             self._waiter = asyncio.get_running_loop().create_future()
+        # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancel that lands as
+        # the waiter completes, and a cancelled deploy then waits on (runner.close hangs).
         try:
-            await asyncio.wait_for(asyncio.shield(self._waiter), timeout)
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._waiter)
         except TimeoutError:
             return False
         return True

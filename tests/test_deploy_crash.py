@@ -1,7 +1,9 @@
-"""SIGKILL the server mid-build and mid-verify: the restart tells the truth and goes on."""
+"""SIGKILL the server mid-build and mid-verify: the restart tells the truth and goes on.
+SIGTERM mid-build or at a held gate: the server stops promptly and records why."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -56,10 +58,14 @@ class Server:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(30)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()  # never leave a hung server behind, then say it hung
+                raise AssertionError(f"SIGTERM did not stop the server in {timeout:g}s") from None
 
     def call(self, method: str, path: str, body: dict | None = None):
         data = json.dumps(body).encode() if body is not None else None
@@ -162,5 +168,37 @@ def test_sigterm_mid_build_stops_promptly_and_records_the_interruption(
         assert view["status"] == "interrupted" and "stopped during build" in view["reason"]
         _, rt = server.call("GET", f"/api/v1/apps/{sample_app.name}/runtime-status")
         assert rt["container"]["sha"] == good["sha"] and rt["drift"] is False
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("stream_open", [False, True])
+def test_sigterm_at_a_held_gate_stops_promptly_and_records_the_interruption(
+    tmp_path, docker_a, sample_app, stream_open
+):
+    server = Server(tmp_path, docker_a)
+    server.start()
+    try:
+        status, _ = server.call("PUT", f"/api/v1/apps/{sample_app.name}", sample_app.entry("a"))
+        assert status == 201
+        sample_app.add_migration()  # approval "required": the first deploy holds
+        victim = server.deploy(sample_app.name)
+        server.wait(victim, lambda view: view["status"] == "awaiting_approval")
+        # Without a stream the runner's cancel lands as the closed notifier wakes the
+        # gate; an open stream keeps the shutdown busy long enough for the gate to see
+        # the closed notifier first. Each timing once hung the server.
+        with contextlib.ExitStack() as stack:
+            if stream_open:
+                req = urllib.request.Request(f"http://127.0.0.1:{server.port}/api/v1/events/stream")
+                req.add_header("Authorization", f"Bearer {TOKEN}")
+                stack.enter_context(urllib.request.urlopen(req, timeout=10))
+            started = time.time()
+            server.stop(timeout=10)
+        assert server.proc.returncode == 0 and time.time() - started < 10
+        server.start()  # recorded by the stopping server, not by the restart
+        view = server.wait(victim, finished)
+        assert view["status"] == "interrupted", view
+        assert "stopped during migration_gate" in view["reason"], view
+        assert ("migration_gate", "failed") in [(s["name"], s["status"]) for s in view["steps"]]
     finally:
         server.stop()

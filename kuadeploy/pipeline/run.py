@@ -30,7 +30,7 @@ from kuadeploy.ledger import Ledger, NewEvent
 from kuadeploy.notify import Notifier
 from kuadeploy.pipeline.engines import EnginePool
 from kuadeploy.pipeline.globs import matching
-from kuadeploy.pipeline.secrets import SecretError, resolve_env
+from kuadeploy.pipeline.secrets import SecretError, mask, resolve_env
 from kuadeploy.pipeline.verify import VerifyFailed, verify_release
 from kuadeploy.projector import State
 from kuadeploy.selfdeploy.start import HandoffRefused, plan_handoff, wait_for_takeover
@@ -109,7 +109,8 @@ class DeployRun:
             pass  # recorded
         except Exception as exc:  # a bug: still never leave a deploy "running"
             log.exception("deploy %s crashed", self.id)
-            await self.emit(ev.DeployFailed(self.app, f"internal error: {exc!r}", self.step_name))
+            reason = self.masked(f"internal error: {exc!r}")
+            await self.emit(ev.DeployFailed(self.app, reason, self.step_name))
         finally:
             shutil.rmtree(self.work, ignore_errors=True)
 
@@ -214,6 +215,7 @@ class DeployRun:
             value, detail = out if isinstance(out, tuple) else (out, out)
             await self.emit(ev.StepSucceeded(self.app, name, detail or {}))  # type: ignore[arg-type]
             return value
+        error = self.masked(error)  # engine and verify errors quote what containers said
         await self.emit(ev.StepFailed(self.app, name, error, detail))  # type: ignore[arg-type]
         raise StepError(name, error)
 
@@ -255,7 +257,13 @@ class DeployRun:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise GateExpired(f"migration gate expired after {expiry:g}s without approval")
-                await self.ctx.notifier.wait(remaining)
+                if self.ctx.notifier.closed:
+                    # Shutting down: wait() now returns at once, so looping on it never
+                    # yields and the process never exits. No approval can come any more:
+                    # sleep until the runner's close cancels us (DeployInterrupted).
+                    await asyncio.sleep(remaining)
+                else:
+                    await self.ctx.notifier.wait(remaining)
             approved_by = view.gate.get("approved_by") if view and view.gate else None
             return touched, {**detail, "approval": "required", "approved_by": approved_by}
 
@@ -273,6 +281,7 @@ class DeployRun:
         with open(log_path, "w") as out:
 
             def on_log(line: str) -> None:
+                line = self.masked(line)  # builds get no secrets: this is only a safety net
                 out.write(line + "\n")
                 digest.update((line + "\n").encode())
                 tail.append(line)
@@ -315,7 +324,8 @@ class DeployRun:
             resolved_env=self.env or {},
             timeout_s=self._t("migrate"),
         )
-        tail = result.output.splitlines()[-10:]
+        # the container ran with the resolved secrets: mask before anything is cut or quoted
+        tail = self.masked(result.output).splitlines()[-10:]
         if result.exit_code != 0:
             raise ValueError(f"migration {command} exited with {result.exit_code}: {tail[-3:]}")
         return {"command": command, "exit_code": 0, "tail": tail}
@@ -336,6 +346,7 @@ class DeployRun:
             image_id,
             self.entry.verify,
             self.ctx.config.deploy.health_poll_s,
+            self.masked,
         )
 
     async def hand_off(self, sha: str, image_id: str) -> None:
@@ -373,6 +384,7 @@ class DeployRun:
         await self._handoff_failed(why)
 
     async def _handoff_failed(self, reason: str) -> None:
+        reason = self.masked(reason)
         await self.emit(ev.StepFailed(self.app, "recreate", reason))
         await self.emit(ev.DeployFailed(self.app, reason, "recreate"))
 
@@ -459,6 +471,10 @@ class DeployRun:
     async def emit(self, data: ev.EventData) -> None:
         # Shielded: a cancel arriving mid-append must not leave the event half-decided.
         await asyncio.shield(self.ctx.ledger.append([NewEvent(self.stream, data)], actor=ACTOR))
+
+    def masked(self, text: str) -> str:
+        """Output we did not write, with this app's resolved secret values masked."""
+        return mask(text, (self.env or {}).values())
 
     def engine(self):
         assert self.entry is not None

@@ -7,14 +7,32 @@ never enter events, logs, API responses or exports.
 from __future__ import annotations
 
 import asyncio
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from kuadeploy.config import SecretsConfig
 from kuadeploy.entry import Container, SecretRef
 
+MARKER = "[secret]"
+
 
 class SecretError(Exception):
     pass
+
+
+def mask(text: str, values: Iterable[str]) -> str:
+    """`text` with every secret value in it replaced by MARKER.
+
+    For output we did not write (a migration's, a container's health answer, an engine
+    error): it may echo the env we gave it. One pass, longest value first, so a value
+    that contains another is masked whole and no marker is matched again; empty values
+    are skipped (they would match everywhere).
+    """
+    wanted = sorted({v for v in values if v}, key=len, reverse=True)
+    if not wanted:
+        return text
+    return re.sub("|".join(map(re.escape, wanted)), MARKER, text)
 
 
 async def resolve_env(container: Container, provider: SecretsConfig) -> dict[str, str]:

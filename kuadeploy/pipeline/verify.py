@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import aiohttp
 
@@ -45,14 +46,17 @@ async def verify_release(
     image_id: str,
     settings: Verify,
     poll_s: float = 0.25,
+    mask: Callable[[str], str] = str,
 ) -> dict:
-    """Raise VerifyFailed unless the release is up, healthy and stable; detail on success."""
+    """Raise VerifyFailed unless the release is up, healthy and stable; detail on success.
+    `mask` cleans the health answer (it may echo the container's secret env) before it
+    is cut short or quoted into the error, where a value would no longer be found."""
     first = await engine.inspect_container(name)
     check_identity(first, sha, image_id)
     assert first is not None
     health = None
     if settings.health_url:
-        health = await _wait_healthy(engine, name, sha, image_id, settings, poll_s)
+        health = await _wait_healthy(engine, name, sha, image_id, settings, poll_s, mask)
     stable_until = time.monotonic() + settings.stable_s
     while True:
         state = await engine.inspect_container(name)
@@ -68,7 +72,13 @@ async def verify_release(
 
 
 async def _wait_healthy(
-    engine: Engine, name: str, sha: str, image_id: str, settings: Verify, poll_s: float
+    engine: Engine,
+    name: str,
+    sha: str,
+    image_id: str,
+    settings: Verify,
+    poll_s: float,
+    mask: Callable[[str], str],
 ) -> dict:
     url = settings.health_url
     assert url is not None
@@ -83,7 +93,8 @@ async def _wait_healthy(
                     if 200 <= resp.status < 300:
                         if not settings.expect_sha_in_body or sha in body:
                             return {"url": url, "status": resp.status}
-                        last = f"{url} answered {resp.status} without {sha[:12]}: {body[:120]!r}"
+                        shown = mask(body)[:120]
+                        last = f"{url} answered {resp.status} without {sha[:12]}: {shown!r}"
                     else:
                         last = f"{url} answered {resp.status}"
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:

@@ -1,0 +1,102 @@
+"""Secret values never reach the ledger, even when a container echoes them (DESIGN §5).
+
+The migration and the app's container run with the resolved secrets; what they say
+(migration output, a health answer) is recorded only with the values masked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kuadeploy.config import SecretsConfig
+from kuadeploy.pipeline.secrets import MARKER
+from tests.deploy_support import deploy, deploy_service, register, wait_status
+
+pytestmark = pytest.mark.docker
+
+# The checks look for the alphanumeric core, which no encoding (JSON, repr) changes;
+# the quotes make repr() and JSON escape the value, so masking must come first.
+CORE = "q7Vx2mKp9Lw4Zr8T"
+SECRET = f"pw-{CORE}-\"'-end"
+
+
+@pytest.fixture
+def provider(tmp_path: Path) -> SecretsConfig:
+    """`[secrets] dir` holding the secret `web/db`."""
+    (tmp_path / "secrets" / "web").mkdir(parents=True)
+    (tmp_path / "secrets" / "web" / "db").write_text(SECRET + "\n")
+    return SecretsConfig(dir=str(tmp_path / "secrets"))
+
+
+def ledger_files(data: Path) -> dict[str, bytes]:
+    """Every file in the data dir: the ledger, its -wal, snapshots, logs."""
+    return {str(p): p.read_bytes() for p in data.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(("exit_code", "outcome"), [(1, "failed"), (0, "succeeded")])
+async def test_a_migration_echoing_a_secret_records_only_the_marker(
+    tmp_path, docker_a, sample_app, provider, exit_code, outcome
+):
+    data = tmp_path / "data"
+    async with deploy_service(data, docker_a, secrets=provider) as api:
+        container = {
+            "name": sample_app.name,
+            "network_mode": "host",
+            "env": {"DB_PASSWORD": {"secret": "web/db"}},
+        }
+        command = ["/bin/busybox", "sh", "-c", f"echo $DB_PASSWORD; exit {exit_code}"]
+        migrations = {"paths": ["migrations/**"], "command": command, "approval": "auto"}
+        await register(api, sample_app, container=container, migrations=migrations)
+        sample_app.add_migration()
+        view = await wait_status(api, await deploy(api, sample_app.name))
+        assert view["status"] == outcome, view
+        migrate = next(s for s in view["steps"] if s["name"] == "migrate")
+        recorded = json.dumps(migrate["detail"])
+        assert MARKER in recorded, migrate
+        if exit_code:
+            assert MARKER in view["reason"], view
+        answers = [view]
+        for path in (
+            "/api/v1/events?limit=1000",
+            f"/api/v1/apps/{sample_app.name}/progress",
+            f"/api/v1/deploys/{view['id']}",
+        ):
+            status, body, _ = await api.call("GET", path)
+            assert status == 200
+            answers.append(body)
+        text = json.dumps(answers)
+        assert CORE not in text and MARKER in text
+        live = ledger_files(data)  # while serving: the events are in ledger.db-wal
+        assert any(name.endswith("-wal") for name in live), list(live)
+    for files in (live, ledger_files(data)):
+        for name, content in files.items():
+            assert CORE.encode() not in content, name
+
+
+LEAKY_HEALTHZ = """\
+#!/bin/sh
+printf 'Status: 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\n'
+echo "no sha here, but pw=$DB_PASSWORD"
+"""
+
+
+async def test_a_health_answer_echoing_a_secret_records_only_the_marker(
+    tmp_path, docker_a, sample_app, provider
+):
+    data = tmp_path / "data"
+    async with deploy_service(data, docker_a, secrets=provider) as api:
+        entry = sample_app.entry("a")
+        entry["container"]["env"] = {"DB_PASSWORD": {"secret": "web/db"}}
+        entry["verify"]["timeout_s"] = 2
+        await register(api, sample_app, container=entry["container"], verify=entry["verify"])
+        sample_app.commit({"www/cgi-bin/healthz": LEAKY_HEALTHZ}, "healthz echoes the env")
+        view = await wait_status(api, await deploy(api, sample_app.name))
+        assert view["status"] == "rolled_back", view
+        verify = next(s for s in view["steps"] if s["name"] == "verify")
+        assert MARKER in verify["detail"]["error"] and MARKER in view["reason"], verify
+        status, events, _ = await api.call("GET", "/api/v1/events?limit=1000")
+        assert status == 200 and CORE not in json.dumps([view, events])
+    for name, content in ledger_files(data).items():
+        assert CORE.encode() not in content, name

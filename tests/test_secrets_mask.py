@@ -1,0 +1,33 @@
+"""mask(): secret values out of output we did not write, before it is recorded."""
+
+from __future__ import annotations
+
+from kuadeploy.pipeline.secrets import MARKER, mask
+
+
+def test_every_occurrence_is_masked():
+    assert mask("pw=hunter2; again hunter2", ["hunter2"]) == f"pw={MARKER}; again {MARKER}"
+
+
+def test_nothing_to_mask_leaves_the_text_alone():
+    assert mask("plain output", []) == "plain output"
+    assert mask("plain output", ["absent"]) == "plain output"
+
+
+def test_empty_values_are_skipped():
+    assert mask("abc", ["", "b"]) == f"a{MARKER}c"
+
+
+def test_the_longest_value_wins_where_values_overlap():
+    text = "x=abcdef y=abc"
+    assert mask(text, ["abc", "abcdef"]) == f"x={MARKER} y={MARKER}"
+
+
+def test_a_marker_is_never_masked_again():
+    # "e" occurs in the marker itself: one pass keeps the marker whole
+    assert mask("s3 e", ["s3", "e"]) == f"{MARKER} {MARKER}"
+
+
+def test_values_are_literal_and_may_span_lines():
+    assert mask("a.*b a+b", [".*", "a+b"]) == f"a{MARKER}b {MARKER}"
+    assert mask("begin\nline1\nline2\nend", ["line1\nline2"]) == f"begin\n{MARKER}\nend"
