@@ -25,6 +25,7 @@ from kuadeploy.audit.startup import LedgerRewound, open_checked
 from kuadeploy.commands import deploys as dep
 from kuadeploy.commands import registry as reg
 from kuadeploy.config import Config
+from kuadeploy.entry import container_name
 from kuadeploy.errors import ApiError
 from kuadeploy.export import AtError, export_at, render_export, resolve_at
 from kuadeploy.files import write_atomic
@@ -214,7 +215,7 @@ class Service:
         self, app: str, body: Any, actor: str, pre: reg.Preconditions, dry_run: bool
     ) -> reg.Outcome:
         def decide(current):
-            return reg.decide_put(app, current, body, self.servers, pre)
+            return reg.decide_put(app, current, body, self.servers, pre, self.registry.apps)
 
         return await self._execute(app, decide, actor, pre, dry_run)
 
@@ -222,7 +223,7 @@ class Service:
         self, app: str, patch: Any, actor: str, pre: reg.Preconditions, dry_run: bool
     ) -> reg.Outcome:
         def decide(current):
-            return reg.decide_patch(app, current, patch, self.servers, pre)
+            return reg.decide_patch(app, current, patch, self.servers, pre, self.registry.apps)
 
         return await self._execute(app, decide, actor, pre, dry_run)
 
@@ -350,7 +351,7 @@ class Service:
             "release": msgspec.to_builtins(release),
             "releases": msgspec.to_builtins(newest_first(runtime)) if runtime else [],
         }
-        name = entry.container.name or app
+        name = container_name(app, entry)
         try:
             async with asyncio.timeout(5):
                 state = await self.engines.get(entry.server).inspect_container(name)

@@ -25,7 +25,7 @@ from kuadeploy.adapters import git
 from kuadeploy.adapters.docker import BuildFailed, EngineError
 from kuadeploy.adapters.docker_specs import BUILD_ARG_SHA, LABEL_APP, release_labels
 from kuadeploy.config import Config, GitCredentials
-from kuadeploy.entry import AppEntry
+from kuadeploy.entry import AppEntry, container_name
 from kuadeploy.ledger import Ledger, NewEvent
 from kuadeploy.notify import Notifier
 from kuadeploy.pipeline.engines import EnginePool
@@ -482,7 +482,7 @@ class DeployRun:
 
     def container_name(self) -> str:
         assert self.entry is not None
-        return self.entry.container.name or self.app
+        return container_name(self.app, self.entry)
 
     def _view(self) -> DeployView | None:
         return self.ctx.state().deploys.views.get(self.id)
