@@ -423,3 +423,30 @@ async def test_only_the_newest_keep_releases_images_are_kept(api, sample_app, do
         json={"to": views[0]["sha"]},
     )  # fmt: skip
     assert status == 404 and "no retained release" in body["detail"]
+
+
+async def test_cli_deploy_of_the_running_verified_release_exits_0(api, sample_app, docker_a):
+    import subprocess
+
+    await register(api, sample_app)
+    client = ("--url", api.base, "--token", "t-deployer")
+    rc, out, err = await run_cli_async("deploy", sample_app.name, *client)
+    assert rc == 0, out + err
+    head = sample_app.head
+    # the branch head unchanged, with and without --follow, and the same --sha: all done
+    for extra in ((), ("--follow",), ("--sha", head)):
+        rc, out, err = await run_cli_async("deploy", sample_app.name, *extra, *client)
+        assert rc == 0, out + err
+        assert "nothing to do" in out and head in out, out
+    last = out.splitlines()[-1]
+    assert last.endswith(": succeeded")  # --sha: the API's no-op names the verified deploy
+    rc, out, _ = await run_cli_async("deploy", sample_app.name, *client)
+    assert out.splitlines()[-1].endswith(
+        f"nothing to do — {head} is already the verified, running release"
+    )
+
+    # the verified release is not running: "nothing to do" would be wrong, so exit 1
+    subprocess.run(["docker", "--host", docker_a, "stop", "-t", "0", sample_app.name], check=True,
+                   capture_output=True)  # fmt: skip
+    rc, out, _ = await run_cli_async("deploy", sample_app.name, *client)
+    assert rc == 1 and ": cancelled — " in out.splitlines()[-1], out

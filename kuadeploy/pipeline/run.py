@@ -227,11 +227,16 @@ class DeployRun:
             raise ValueError(f"ref {branch!r} is not the app's branch {entry.branch!r} (use force)")
         mirror_dir = self.ctx.data_dir / "repos" / self.app
         creds = _credentials(entry.repo, self.ctx.config.git.credentials)
-        sha = await asyncio.to_thread(
-            _fetch_and_export, entry.repo, mirror_dir, branch, req.sha, req.force, creds, self.work
-        )
+        # A push deploys the branch head it leads to: a late or replayed push must not
+        # put its older commit over a newer one (latest wins).
+        latest = req.trigger == "webhook"
+        args = (entry.repo, mirror_dir, branch, req.sha, req.force, creds, self.work, latest)
+        sha = await asyncio.to_thread(_fetch_and_export, *args)
         self.env = await resolve_env(entry.container, self.ctx.config.secrets)
-        return sha, {"sha": sha, "branch": branch}
+        detail = {"sha": sha, "branch": branch}
+        if latest and req.sha and sha != req.sha:
+            detail["pushed"] = req.sha
+        return sha, detail
 
     async def gate(self, sha: str) -> list[str]:
         """Hold when the change since the last verified release touches migrations."""
@@ -518,7 +523,10 @@ def _fetch_and_export(
     force: bool,
     creds: git.Credentials | None,
     work: Path,
+    latest: bool = False,
 ) -> str:
+    """Mirror, resolve and export the commit to deploy; with `latest`, a `sha` on the
+    branch stands for the branch head (it is that commit or a newer one)."""
     mirror_dir.parent.mkdir(parents=True, exist_ok=True)
     mirror = git.Mirror.sync(url, mirror_dir, creds)
     if sha is None:
@@ -527,6 +535,8 @@ def _fetch_and_export(
         sha = mirror.commit_of(sha)
         if not force and not mirror.on_branch(sha, branch):
             raise ValueError(f"{sha} is not on branch {branch} (use force to deploy it anyway)")
+        if latest and not force:
+            sha = mirror.branch_head(branch)
     shutil.rmtree(work, ignore_errors=True)
     mirror.export(sha, work / "src")
     return sha
