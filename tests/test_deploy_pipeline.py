@@ -472,6 +472,44 @@ async def test_a_cancel_during_a_failures_rollback_is_refused(api, sample_app, d
     assert container_labels(docker_a, sample_app.name)["kua.sha"] == good["sha"]
 
 
+@pytest.mark.parametrize("change", ["removed", "renamed"])
+async def test_an_app_removed_or_renamed_during_its_deploy_is_not_switched(
+    api, sample_app, docker_a, change
+):
+    import subprocess
+
+    await register(api, sample_app)
+    good = await deployed(api, sample_app)
+    sample_app.slow_build(4)
+    deploy_id = await deploy(api, sample_app.name)
+    await wait_step(api, deploy_id, ("build", "running"))
+    path = f"/api/v1/apps/{sample_app.name}"
+    if change == "removed":
+        status, _body, _ = await api.call("DELETE", path)
+    else:
+        status, _body, _ = await api.call(
+            "PATCH",
+            path,
+            data=b'{"container": {"name": "elsewhere"}}',
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+    assert status in (200, 204)
+    view = await wait_status(api, deploy_id, timeout=60)
+    assert view["status"] == "cancelled", view
+    reason = "no longer registered" if change == "removed" else "container was renamed"
+    assert reason in view["reason"], view["reason"]
+    assert "recreate" not in [name for name, _ in step_names(view)]
+    assert await terminal_events(api, deploy_id) == ["DeployCancelled"]
+    # the running container was left alone, and no other one was started
+    labels = container_labels(docker_a, sample_app.name)
+    assert labels["kua.sha"] == good["sha"] and labels["kua.deploy"] == good["id"]
+    names = subprocess.run(
+        ["docker", "--host", docker_a, "ps", "-a", "--format", "{{.Names}}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert "elsewhere" not in names
+
+
 async def test_only_the_newest_keep_releases_images_are_kept(api, sample_app, docker_a):
     import subprocess
 

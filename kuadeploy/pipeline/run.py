@@ -160,6 +160,9 @@ class DeployRun:
                 )
                 if done is None:
                     return
+        if (moved := self._registration_changed()) is not None:
+            await self.emit(ev.DeployCancelled(self.app, moved))  # the container is left alone
+            return
         if entry.mode == "self":
             await self.hand_off(sha, image_id)
             return
@@ -203,6 +206,19 @@ class DeployRun:
     async def _restore(self, why: str) -> None:
         self.restoring = True
         await self.rollback(why)
+
+    def _registration_changed(self) -> str | None:
+        """Why switching now would act on an app that is no longer this one, if so."""
+        assert self.entry is not None
+        current = self.ctx.state().registry.apps.get(self.app)
+        entry = current.entry if current else None
+        if entry is None:
+            return "the app is no longer registered; nothing was switched"
+        if entry.server != self.entry.server:
+            return f"the app moved to server {entry.server}; nothing was switched"
+        if (entry.container.name or self.app) != self.container_name():
+            return "the app's container was renamed; nothing was switched"
+        return None
 
     # --- steps --------------------------------------------------------------------------
 
