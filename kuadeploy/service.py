@@ -37,7 +37,7 @@ from kuadeploy.legacy import LegacyImportError, plan_legacy_import
 from kuadeploy.notify import Notifier
 from kuadeploy.pipeline.engines import EnginePool
 from kuadeploy.pipeline.run import Context
-from kuadeploy.pipeline.runner import DeployRunner
+from kuadeploy.pipeline.runner import CancelRefused, DeployRunner
 from kuadeploy.projector import Projector, load_state
 from kuadeploy.sinks.git import GitSink
 from kuadeploy.tokens import TokenBook, add_token, read_token_file
@@ -308,11 +308,14 @@ class Service:
                 f"deploy {deploy_id} is handing kuadeploy over to its new release; "
                 "it ends on its own (succeeded, or rolled back)"
             )
-        if not await self.runner.cancel(deploy_id, f"cancelled by {actor}"):
-            try:
-                await self.ledger.append(dep.decide_cancel(view, deploy_id), actor=actor)
-            except ConflictError:  # it just started: stop the run instead
-                await self.runner.cancel(deploy_id, f"cancelled by {actor}")
+        try:
+            if not await self.runner.cancel(deploy_id, f"cancelled by {actor}"):
+                try:
+                    await self.ledger.append(dep.decide_cancel(view, deploy_id), actor=actor)
+                except ConflictError:  # it just started: stop the run instead
+                    await self.runner.cancel(deploy_id, f"cancelled by {actor}")
+        except CancelRefused as refused:
+            raise ApiError.conflict(f"deploy {deploy_id} {refused}") from None
         return await self.deploy_view(deploy_id)
 
     async def approve_deploy(self, deploy_id: str, actor: str) -> DeployView:
