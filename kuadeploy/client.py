@@ -37,6 +37,9 @@ class Client:
     def deploy(self, app: str, body: dict[str, Any]) -> dict[str, Any]:
         return self.request("POST", f"/api/v1/apps/{quote(app, safe='')}/deploy", body)
 
+    def runtime_status(self, app: str) -> dict[str, Any]:
+        return self.get(f"/api/v1/apps/{quote(app, safe='')}/runtime-status")
+
     def deploy_view(self, deploy_id: str) -> dict[str, Any]:
         return self.get(f"/api/v1/deploys/{quote(deploy_id, safe='')}")
 

@@ -62,6 +62,11 @@ class AppEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False
     keep_releases: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
 
 
+def container_name(app: str, entry: AppEntry) -> str:
+    """The app's container on its server: `container.name`, else the app's name."""
+    return entry.container.name or app
+
+
 def entry_to_builtins(entry: AppEntry) -> dict:
     return msgspec.to_builtins(entry)
 

@@ -56,7 +56,8 @@ def follow(
     client: Client, deploy_id: str, out: TextIO = sys.stdout, *, progress: bool = True
 ) -> int:
     """Print the deploy as it happens (each step with `progress`, else only the
-    verdict); 0 only when it ends verified and succeeded.
+    verdict); 0 only when it ends verified and succeeded, or had nothing to do because
+    its commit is already the verified, running release.
 
     The server may go away mid-deploy and come back — a self-deploy replaces it,
     and the new (or restored) instance records the outcome — so a stream that ends
@@ -84,9 +85,30 @@ def follow(
             break
         time.sleep(0.5)  # the stream ended early: the server is stopping
     verdict = view["status"]
+    if verdict == "cancelled" and _already_running(client, view):
+        sha = view["sha"]
+        out.write(
+            f"deploy {deploy_id}: nothing to do — {sha} is already the verified, running release\n"
+        )
+        return 0
     out.write(
         f"deploy {deploy_id}: {verdict}"
         + (f" — {view['reason']}" if view.get("reason") else "")
         + "\n"
     )
     return 0 if verdict == "succeeded" else 1
+
+
+def _already_running(client: Client, view: dict) -> bool:
+    """Whether a cancelled deploy ended right after fetch because its commit is the
+    verified release (the pipeline's "nothing to do"), and that release is what runs:
+    the request is fulfilled, as it is when the API answers a SHA with a no-op."""
+    steps = [(s["name"], s["status"]) for s in view["steps"]]
+    if steps != [("fetch", "succeeded")] or not view.get("sha"):
+        return False
+    try:
+        status = client.runtime_status(view["app"])
+    except ClientError:
+        return False
+    release = status.get("release") or {}
+    return release.get("sha") == view["sha"] and status.get("drift") is False

@@ -8,8 +8,10 @@ from typing import Any
 import msgspec
 
 from kuadeploy import events as ev
+from kuadeploy.commands.registry import container_taken
 from kuadeploy.ledger import NewEvent
 from kuadeploy.validation import check_app_name, validate_entry
+from projections.registry import AppState
 
 
 class LegacyImportError(Exception):
@@ -27,10 +29,13 @@ def plan_legacy_import(raw: bytes, path: str, servers: set[str]) -> list[NewEven
         doc = doc["apps"]
     if not isinstance(doc, dict):
         raise LegacyImportError(f'{path}: expected {{"apps": {{name: entry}}}} or {{name: entry}}')
-    problems, items = [], []
+    problems, items, seen = [], [], {}
     for name in sorted(doc):
         entry, entry_problems = validate_entry(doc[name], servers)
         entry_problems = check_app_name(name) + entry_problems
+        if entry is not None:
+            entry_problems += container_taken(name, entry, None, seen)
+            seen[name] = AppState(entry, 1)
         problems += [f"{name}: {p.path} {p.message}" for p in entry_problems]
         if entry is not None and not entry_problems:
             items.append(NewEvent(f"app/{name}", ev.AppRegistered(name, entry), 0))

@@ -16,12 +16,13 @@ from kuadeploy import events
 from kuadeploy.ledger import reading
 from kuadeploy.ledger.store import Ledger, StoredEvent
 from projections.deploys import Deploys, fold_deploys
+from projections.pushes import Pushes, fold_pushes
 from projections.registry import REGISTRY_EVENT_TYPES, Registry, fold_registry
 from projections.runtime import Runtime, fold_runtime
 
 # Bump whenever a projection's state shape or fold changes: older snapshots are then
 # ignored and the state is rebuilt from the events.
-SNAPSHOT_FORMAT = 2
+SNAPSHOT_FORMAT = 3
 DEFAULT_SNAPSHOT_EVERY = 4096
 
 
@@ -30,6 +31,7 @@ class State(msgspec.Struct):
     registry: Registry = msgspec.field(default_factory=Registry)
     deploys: Deploys = msgspec.field(default_factory=Deploys)
     runtime: Runtime = msgspec.field(default_factory=Runtime)
+    pushes: Pushes = msgspec.field(default_factory=Pushes)
 
 
 class _RegistryOnly(msgspec.Struct):
@@ -48,6 +50,7 @@ def fold(state: State, ev: events.Envelope) -> State:
     fold_registry(state.registry, ev)
     fold_deploys(state.deploys, ev)
     fold_runtime(state.runtime, ev)
+    fold_pushes(state.pushes, ev)
     state.seq = ev.seq
     return state
 

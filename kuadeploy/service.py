@@ -25,6 +25,7 @@ from kuadeploy.audit.startup import LedgerRewound, open_checked
 from kuadeploy.commands import deploys as dep
 from kuadeploy.commands import registry as reg
 from kuadeploy.config import Config
+from kuadeploy.entry import container_name
 from kuadeploy.errors import ApiError
 from kuadeploy.export import AtError, export_at, render_export, resolve_at
 from kuadeploy.files import write_atomic
@@ -36,7 +37,7 @@ from kuadeploy.legacy import LegacyImportError, plan_legacy_import
 from kuadeploy.notify import Notifier
 from kuadeploy.pipeline.engines import EnginePool
 from kuadeploy.pipeline.run import Context
-from kuadeploy.pipeline.runner import DeployRunner
+from kuadeploy.pipeline.runner import CancelRefused, DeployRunner
 from kuadeploy.projector import Projector, load_state
 from kuadeploy.sinks.git import GitSink
 from kuadeploy.tokens import TokenBook, add_token, read_token_file
@@ -214,7 +215,7 @@ class Service:
         self, app: str, body: Any, actor: str, pre: reg.Preconditions, dry_run: bool
     ) -> reg.Outcome:
         def decide(current):
-            return reg.decide_put(app, current, body, self.servers, pre)
+            return reg.decide_put(app, current, body, self.servers, pre, self.registry.apps)
 
         return await self._execute(app, decide, actor, pre, dry_run)
 
@@ -222,7 +223,7 @@ class Service:
         self, app: str, patch: Any, actor: str, pre: reg.Preconditions, dry_run: bool
     ) -> reg.Outcome:
         def decide(current):
-            return reg.decide_patch(app, current, patch, self.servers, pre)
+            return reg.decide_patch(app, current, patch, self.servers, pre, self.registry.apps)
 
         return await self._execute(app, decide, actor, pre, dry_run)
 
@@ -307,11 +308,14 @@ class Service:
                 f"deploy {deploy_id} is handing kuadeploy over to its new release; "
                 "it ends on its own (succeeded, or rolled back)"
             )
-        if not await self.runner.cancel(deploy_id, f"cancelled by {actor}"):
-            try:
-                await self.ledger.append(dep.decide_cancel(view, deploy_id), actor=actor)
-            except ConflictError:  # it just started: stop the run instead
-                await self.runner.cancel(deploy_id, f"cancelled by {actor}")
+        try:
+            if not await self.runner.cancel(deploy_id, f"cancelled by {actor}"):
+                try:
+                    await self.ledger.append(dep.decide_cancel(view, deploy_id), actor=actor)
+                except ConflictError:  # it just started: stop the run instead
+                    await self.runner.cancel(deploy_id, f"cancelled by {actor}")
+        except CancelRefused as refused:
+            raise ApiError.conflict(f"deploy {deploy_id} {refused}") from None
         return await self.deploy_view(deploy_id)
 
     async def approve_deploy(self, deploy_id: str, actor: str) -> DeployView:
@@ -351,7 +355,7 @@ class Service:
             "release": msgspec.to_builtins(release),
             "releases": msgspec.to_builtins(newest_first(runtime)) if runtime else [],
         }
-        name = entry.container.name or app
+        name = container_name(app, entry)
         try:
             async with asyncio.timeout(5):
                 state = await self.engines.get(entry.server).inspect_container(name)

@@ -196,3 +196,25 @@ async def test_a_bad_name_is_listed_with_the_entrys_own_problems(api):
     assert is_problem(resp, body, 422)
     assert [e["path"] for e in body["errors"]] == ["app", "$.branch", "$.server"], body
     assert await api.head_seq() == 1
+
+
+async def test_two_apps_cannot_share_a_container_on_one_server(api):
+    """They would replace each other's container on every deploy."""
+    taken = "$.container.name"
+    _, body, resp = await api.call(
+        "PUT", "/api/v1/apps/api", json=entry_doc(container={"name": "web"})
+    )
+    assert is_problem(resp, body, 422) and [e["path"] for e in body["errors"]] == [taken]
+    assert "app 'web'" in body["errors"][0]["message"]
+    status, _, _ = await api.call("PUT", "/api/v1/apps/api", json=entry_doc())
+    assert status == 201  # its own name is free
+    _, body, resp = await api.call("PATCH", "/api/v1/apps/web", json={"container": {"name": "api"}})
+    assert is_problem(resp, body, 422) and [e["path"] for e in body["errors"]] == [taken]
+    assert await api.head_seq() == 2
+    status, _, _ = await api.call(
+        "PATCH", "/api/v1/apps/web", json={"container": {"env": {"A": "1"}}}
+    )
+    assert status == 200  # unrelated changes to an entry are not held up
+    await api.call("DELETE", "/api/v1/apps/api")
+    status, _, _ = await api.call("PATCH", "/api/v1/apps/web", json={"container": {"name": "api"}})
+    assert status == 200  # free again once that app is removed

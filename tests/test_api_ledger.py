@@ -253,7 +253,12 @@ async def test_legacy_import_of_a_plain_mapping(tmp_path):
 
 async def test_invalid_legacy_entries_abort_startup_listing_them(tmp_path):
     legacy = tmp_path / "legacy.json"
-    bad = {"web": entry_doc(), "Bad_Name": entry_doc(), "api": entry_doc("a..b", bogus=1)}
+    bad = {
+        "web": entry_doc(),
+        "Bad_Name": entry_doc(),
+        "api": entry_doc("a..b", bogus=1),
+        "www": entry_doc(container={"name": "web"}),  # web's container
+    }
     legacy.write_text(json.dumps(bad))
     config = make_config(tmp_path / "d", legacy_registry=str(legacy))
     with pytest.raises(StartupError) as info:
@@ -262,6 +267,7 @@ async def test_invalid_legacy_entries_abort_startup_listing_them(tmp_path):
     message = str(info.value)
     assert "nothing imported" in message
     assert "Bad_Name: app" in message and "api: $.branch" in message and "api: $.bogus" in message
+    assert "www: $.container.name container 'web' on server 'local' belongs to app 'web'" in message
     assert "web:" not in message
     from kuadeploy.ledger import reading
 

@@ -270,3 +270,31 @@ def test_interrupted_first_release_says_there_is_nothing_to_restore(
         assert view["reason"].count("no verified release") == 1, view
     finally:
         server.stop()
+
+
+def test_sigterm_during_a_cancels_rollback_records_one_interruption(tmp_path, docker_a, sample_app):
+    server = Server(tmp_path, docker_a)
+    server.start()
+    try:
+        entry = sample_app.entry("a")
+        entry["verify"]["stable_s"] = 4  # the rollback's verify waits this: SIGTERM lands in it
+        status, _ = server.call("PUT", f"/api/v1/apps/{sample_app.name}", entry)
+        assert status == 201
+        server.wait(server.deploy(sample_app.name), finished)
+        sample_app.health_status(500)
+        victim = server.deploy(sample_app.name)
+        server.wait(victim, in_step("verify"))
+        status, _ = server.call("POST", f"/api/v1/deploys/{victim}/cancel")
+        assert status == 200
+        server.wait(victim, in_step("rollback"))
+        server.stop()
+        assert server.proc.returncode == 0
+        server.start()  # recorded by the stopping server, not by the restart
+        view = server.wait(victim, finished)
+        assert view["status"] == "interrupted", view
+        assert "stopped during rollback" in view["reason"], view
+        _, page = server.call("GET", "/api/v1/events?limit=1000")
+        types = [e["type"] for e in page["events"] if e["stream"] == f"deploy/{victim}"]
+        assert types[-2:] == ["StepFailed", "DeployInterrupted"], types
+    finally:
+        server.stop()

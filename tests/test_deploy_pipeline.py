@@ -413,9 +413,29 @@ async def test_cli_deploy_follow_shows_steps_and_exits_by_the_verdict(api, sampl
     assert rc == 2 and err.startswith("kuadeploy: unauthorized")
 
 
-async def test_cancel_during_verify_restores_the_previous_release(api, sample_app, docker_a):
+TERMINAL_EVENTS = {
+    "DeploySucceeded", "DeployFailed", "RolledBack", "DeployCancelled", "DeploySuperseded",
+    "DeployInterrupted",
+}  # fmt: skip
+
+
+async def terminal_events(api, deploy_id: str) -> list[str]:
+    _, page, _ = await api.call("GET", "/api/v1/events?limit=1000", role="reader")
+    return [
+        e["type"]
+        for e in page["events"]
+        if e["stream"] == f"deploy/{deploy_id}" and e["type"] in TERMINAL_EVENTS
+    ]
+
+
+async def wait_step(api, deploy_id: str, step: tuple[str, str]) -> None:
     import asyncio
 
+    while step not in step_names((await api.call("GET", f"/api/v1/deploys/{deploy_id}"))[1]):
+        await asyncio.sleep(0.1)
+
+
+async def test_cancel_during_verify_restores_the_previous_release(api, sample_app, docker_a):
     await register(api, sample_app)
     good = await deployed(api, sample_app)
     entry = sample_app.entry("a")
@@ -423,16 +443,107 @@ async def test_cancel_during_verify_restores_the_previous_release(api, sample_ap
     await api.call("PUT", f"/api/v1/apps/{sample_app.name}", json=entry)
     sample_app.healthy(note="never verified")
     deploy_id = await deploy(api, sample_app.name)
-    while ("verify", "running") not in step_names(
-        (await api.call("GET", f"/api/v1/deploys/{deploy_id}"))[1]
-    ):
-        await asyncio.sleep(0.1)
+    await wait_step(api, deploy_id, ("verify", "running"))
     status, view, _ = await api.call("POST", f"/api/v1/deploys/{deploy_id}/cancel", role="deployer")
-    assert status == 200 and view["status"] == "cancelled", view
+    # answered once the cancel is recorded and the restore has begun, not after it
+    assert status == 200 and view["status"] == "running", view
+    assert ("verify", "failed") in step_names(view)
+    view = await wait_status(api, deploy_id)
+    # after the switch a cancel ends as the rollback does: one outcome, naming the cancel
+    assert view["status"] == "rolled_back", view
+    assert view["reason"].startswith("cancelled by deployer during verify;"), view["reason"]
+    assert view["rolled_back_to"] == good["sha"]
     assert ("rollback", "succeeded") in step_names(view)
+    assert await terminal_events(api, deploy_id) == ["RolledBack"]
     assert container_labels(docker_a, sample_app.name)["kua.sha"] == good["sha"]
     _, rt, _ = await api.call("GET", f"/api/v1/apps/{sample_app.name}/runtime-status")
     assert rt["release"]["sha"] == good["sha"] and rt["drift"] is False
+
+
+async def test_a_second_cancel_does_not_interrupt_the_first_ones_rollback(
+    api, sample_app, docker_a
+):
+    import asyncio
+
+    await register(api, sample_app)
+    good = await deployed(api, sample_app)
+    entry = sample_app.entry("a")
+    entry["verify"]["stable_s"] = 4  # the rollback's verify waits this: the second cancel's window
+    await api.call("PUT", f"/api/v1/apps/{sample_app.name}", json=entry)
+    sample_app.health_status(500)
+    deploy_id = await deploy(api, sample_app.name)
+    await wait_step(api, deploy_id, ("verify", "running"))
+    cancel = f"/api/v1/deploys/{deploy_id}/cancel"
+    first = asyncio.ensure_future(api.call("POST", cancel, role="deployer"))
+    await wait_step(api, deploy_id, ("rollback", "running"))
+    status, problem, _ = await api.call("POST", cancel, role="deployer")
+    assert status == 409 and "already being cancelled" in problem["detail"], problem
+    status, _view, _ = await first
+    assert status == 200
+    view = await wait_status(api, deploy_id, timeout=30)
+    assert view["status"] == "rolled_back", view
+    assert ("rollback", "succeeded") in step_names(view)
+    assert await terminal_events(api, deploy_id) == ["RolledBack"]
+    assert container_labels(docker_a, sample_app.name)["kua.sha"] == good["sha"]
+    status, problem, _ = await api.call("POST", cancel, role="deployer")
+    assert status == 409 and "already ended (rolled_back)" in problem["detail"]
+
+
+async def test_a_cancel_during_a_failures_rollback_is_refused(api, sample_app, docker_a):
+    await register(api, sample_app)
+    good = await deployed(api, sample_app)
+    entry = sample_app.entry("a")
+    entry["verify"].update(timeout_s=2, stable_s=4)
+    await api.call("PUT", f"/api/v1/apps/{sample_app.name}", json=entry)
+    sample_app.health_status(500)
+    deploy_id = await deploy(api, sample_app.name)
+    await wait_step(api, deploy_id, ("rollback", "running"))
+    status, problem, _ = await api.call(
+        "POST", f"/api/v1/deploys/{deploy_id}/cancel", role="deployer"
+    )
+    assert status == 409 and "rolling back" in problem["detail"], problem
+    view = await wait_status(api, deploy_id, timeout=30)
+    assert view["status"] == "rolled_back" and view["reason"].startswith("verify failed")
+    assert await terminal_events(api, deploy_id) == ["RolledBack"]
+    assert container_labels(docker_a, sample_app.name)["kua.sha"] == good["sha"]
+
+
+@pytest.mark.parametrize("change", ["removed", "renamed"])
+async def test_an_app_removed_or_renamed_during_its_deploy_is_not_switched(
+    api, sample_app, docker_a, change
+):
+    import subprocess
+
+    await register(api, sample_app)
+    good = await deployed(api, sample_app)
+    sample_app.slow_build(4)
+    deploy_id = await deploy(api, sample_app.name)
+    await wait_step(api, deploy_id, ("build", "running"))
+    path = f"/api/v1/apps/{sample_app.name}"
+    if change == "removed":
+        status, _body, _ = await api.call("DELETE", path)
+    else:
+        status, _body, _ = await api.call(
+            "PATCH",
+            path,
+            data=b'{"container": {"name": "elsewhere"}}',
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+    assert status in (200, 204)
+    view = await wait_status(api, deploy_id, timeout=60)
+    assert view["status"] == "cancelled", view
+    reason = "no longer registered" if change == "removed" else "container was renamed"
+    assert reason in view["reason"], view["reason"]
+    assert "recreate" not in [name for name, _ in step_names(view)]
+    assert await terminal_events(api, deploy_id) == ["DeployCancelled"]
+    # the running container was left alone, and no other one was started
+    labels = container_labels(docker_a, sample_app.name)
+    assert labels["kua.sha"] == good["sha"] and labels["kua.deploy"] == good["id"]
+    names = subprocess.run(
+        ["docker", "--host", docker_a, "ps", "-a", "--format", "{{.Names}}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert "elsewhere" not in names
 
 
 async def test_only_the_newest_keep_releases_images_are_kept(api, sample_app, docker_a):
@@ -459,3 +570,30 @@ async def test_only_the_newest_keep_releases_images_are_kept(api, sample_app, do
         json={"to": views[0]["sha"]},
     )  # fmt: skip
     assert status == 404 and "no retained release" in body["detail"]
+
+
+async def test_cli_deploy_of_the_running_verified_release_exits_0(api, sample_app, docker_a):
+    import subprocess
+
+    await register(api, sample_app)
+    client = ("--url", api.base, "--token", "t-deployer")
+    rc, out, err = await run_cli_async("deploy", sample_app.name, *client)
+    assert rc == 0, out + err
+    head = sample_app.head
+    # the branch head unchanged, with and without --follow, and the same --sha: all done
+    for extra in ((), ("--follow",), ("--sha", head)):
+        rc, out, err = await run_cli_async("deploy", sample_app.name, *extra, *client)
+        assert rc == 0, out + err
+        assert "nothing to do" in out and head in out, out
+    last = out.splitlines()[-1]
+    assert last.endswith(": succeeded")  # --sha: the API's no-op names the verified deploy
+    rc, out, _ = await run_cli_async("deploy", sample_app.name, *client)
+    assert out.splitlines()[-1].endswith(
+        f"nothing to do — {head} is already the verified, running release"
+    )
+
+    # the verified release is not running: "nothing to do" would be wrong, so exit 1
+    subprocess.run(["docker", "--host", docker_a, "stop", "-t", "0", sample_app.name], check=True,
+                   capture_output=True)  # fmt: skip
+    rc, out, _ = await run_cli_async("deploy", sample_app.name, *client)
+    assert rc == 1 and ": cancelled — " in out.splitlines()[-1], out

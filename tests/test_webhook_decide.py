@@ -143,6 +143,40 @@ def test_a_new_deploy_supersedes_the_queued_one_in_the_same_append():
     ]
 
 
+def applied(state: State, decision) -> State:
+    """`state` after the decision's events were appended."""
+    for e in decision.events:
+        seq = state.seq + 1
+        ts = f"2025-01-01T00:01:{seq % 60:02d}.000000Z"
+        fold(state, ev.envelope(e.data, seq=seq, ts=ts, stream=e.stream, version=1, actor="t"))
+    return state
+
+
+def test_a_late_or_replayed_older_push_is_refused_and_says_why():
+    base, b, c = (secrets.token_hex(20) for _ in range(3))
+    forge = ForgeRepo()
+    state = state_with(app(), app("api"), *verified(base))
+    newer = decide_delivery(delivery("push", forge.push(c, before=b)), state, ids())
+    state = applied(state, newer)
+    late = decide_delivery(delivery("push", forge.push(b, before=base)), state, ids())
+    assert late.answer.status == 200 and len(late.events) == 1
+    why = f"{b} is older than a push already received (the branch went on to {c})"
+    assert late.answer.body()["ignored"] == [
+        {"app": "api", "reason": why},
+        {"app": "web", "reason": why},
+    ]
+    assert isinstance(late.events[0].data, ev.WebhookIgnored)
+    state = applied(state, late)  # a refused push teaches nothing: still refused again
+    again = decide_delivery(delivery("push", forge.push(b, before=base)), state, ids())
+    assert again.answer.ignored == late.answer.ignored
+    # another branch, and a force-push back to the older commit, are new pushes
+    other = decide_delivery(delivery("push", forge.push(b, base, "refs/heads/x")), state, ids())
+    assert not any(s.reason.startswith(b) for s in other.answer.ignored)
+    state = applied(state, decide_delivery(delivery("push", forge.push(b, before=c)), state, ids()))
+    back = decide_delivery(delivery("push", forge.push(c, before=b)), state, ids())
+    assert back.answer.deploy_ids == ["new-1", "new-2"]
+
+
 def test_gitea_hooks_short_refs_on_create_and_delete_are_ignored_by_name():
     d = delivery("delete", ForgeRepo().delete("refs/heads/feature"), hook="gitea")
     assert d.payload.ref == "feature"

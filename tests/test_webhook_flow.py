@@ -9,7 +9,13 @@ import time
 import pytest
 
 from kuadeploy.config import WebhookConfig
-from tests.deploy_support import container_labels, deploy_service, health_body, wait_status
+from tests.deploy_support import (
+    container_labels,
+    deploy,
+    deploy_service,
+    health_body,
+    wait_status,
+)
 from tests.forge import ForgeRepo, deliver
 from tests.webhook_support import SECRET, post
 
@@ -91,9 +97,13 @@ async def test_fifty_deliveries_in_two_seconds_one_deploy_at_a_time_the_last_win
     assert all(elapsed < 1.0 for _, _, elapsed in answers), max(a[2] for a in answers)
     assert all(status in (200, 202) for status, _, _ in answers)
     status, last, _ = answers[-1]
-    assert status == 202, last
-    final = await wait_status(api, last["deploy_ids"][0], timeout=120)
-    assert final["status"] == "succeeded" and final["sha"] == pushes[-1][1], final
+    # a deploy of an earlier push deploys the branch head it finds, often the last push's
+    # commit already: the last push is then "already running", or a no-op once it runs
+    covering = last["deploy_ids"][0] if status == 202 else last["ignored"][0]["deploy_id"]
+    final = await wait_status(api, covering, timeout=120)
+    assert final["status"] in ("succeeded", "cancelled") and final["sha"] == pushes[-1][1], final
+    _, rt, _ = await api.call("GET", f"/api/v1/apps/{sample_app.name}/runtime-status")
+    assert rt["release"]["sha"] == pushes[-1][1] and rt["drift"] is False
     assert container_labels(docker_a, sample_app.name)["kua.sha"] == pushes[-1][1]
 
     events = await all_events(api)
@@ -123,3 +133,41 @@ async def test_fifty_deliveries_in_two_seconds_one_deploy_at_a_time_the_last_win
     assert all(ended.get(f"deploy/{i}") for i in requests), "a requested deploy never ended"
     started_ids = {e["stream"] for e in events if e["type"] == "DeployStarted"}
     assert len(started_ids) < 10, "queued deploys were not coalesced"
+
+
+async def test_a_late_or_replayed_push_never_deploys_an_older_commit(api, sample_app, docker_a):
+    forge = await track(api, sample_app)
+    base = sample_app.head
+    b = sample_app.healthy(note="B")
+    c = sample_app.healthy(note="C")  # branch: base -> B -> C; C's delivery is still on its way
+    status, body, _ = await post(api, deliver("push", forge.push(b, before=base), SECRET))
+    assert status == 202, body
+    view = await wait_status(api, body["deploy_ids"][0])
+    assert (view["status"], view["sha"]) == ("succeeded", c), view  # the head B leads to
+    assert view["steps"][0]["detail"]["pushed"] == b
+    assert container_labels(docker_a, sample_app.name)["kua.sha"] == c
+
+    # C's delivery arrives: already done; B's again (a Redeliver): older, said at once
+    status, body, _ = await post(api, deliver("push", forge.push(c, before=b), SECRET))
+    assert status == 200 and body["ignored"][0]["reason"].endswith(
+        "is already the verified release"
+    )
+    status, body, _ = await post(api, deliver("push", forge.push(b, before=base), SECRET))
+    assert status == 200, body
+    assert body["ignored"] == [
+        {
+            "app": sample_app.name,
+            "reason": f"{b} is older than a push already received (the branch went on to {c})",
+        }
+    ]
+
+    # D deployed through the API; C's push replayed: not known older, but it leads to D,
+    # already the verified release: nothing is built
+    d = sample_app.healthy(note="D")
+    assert (await wait_status(api, await deploy(api, sample_app.name)))["sha"] == d
+    status, body, _ = await post(api, deliver("push", forge.push(c, before=b), SECRET))
+    assert status == 202, body
+    view = await wait_status(api, body["deploy_ids"][0])
+    assert view["status"] == "cancelled" and view["sha"] == d, view
+    assert view["reason"] == f"{d} is already the verified release; nothing to do"
+    assert container_labels(docker_a, sample_app.name)["kua.sha"] == d

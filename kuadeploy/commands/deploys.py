@@ -131,15 +131,18 @@ def _same(full: str, given: str) -> bool:
 
 def decide_cancel(view: DeployView | None, deploy_id: str) -> list[NewEvent]:
     """Events to append now: only a queued deploy is cancelled by the command itself;
-    a running one is stopped by its runner, which records the cancellation."""
+    a running one is stopped by its runner, which records the cancellation — this is
+    asked only when no runner of ours runs it, so there is nothing to stop."""
     if view is None:
         raise ApiError.not_found(f"deploy {deploy_id!r} not found")
     if view.status not in ACTIVE:
         raise ApiError.conflict(f"deploy {deploy_id} already ended ({view.status})")
-    if view.status == "queued":
-        data = ev.DeployCancelled(app=view.app, reason="cancelled before it started")
-        return [NewEvent(_stream(deploy_id), data, len(view.events))]
-    return []
+    if view.status != "queued":
+        raise ApiError.conflict(
+            f"deploy {deploy_id} is {view.status} but not run here; it ends on its own"
+        )
+    data = ev.DeployCancelled(app=view.app, reason="cancelled before it started")
+    return [NewEvent(_stream(deploy_id), data, len(view.events))]
 
 
 def decide_approve(view: DeployView | None, deploy_id: str) -> list[NewEvent]:

@@ -9,17 +9,17 @@ fail, and then the decision is made again (or 412 when the client sent If-Match)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
 
 from kuadeploy import events as ev
-from kuadeploy.entry import AppEntry, entry_to_builtins
+from kuadeploy.entry import AppEntry, container_name, entry_to_builtins
 from kuadeploy.errors import ApiError
 from kuadeploy.jsondoc import diff, merge_patch
 from kuadeploy.ledger import ConflictError, Ledger, NewEvent
-from kuadeploy.validation import check_app_name, validate_entry
+from kuadeploy.validation import Problem, check_app_name, validate_entry
 from projections.registry import AppState, Registry
 
 
@@ -64,12 +64,19 @@ class Outcome(msgspec.Struct):
 
 
 def decide_put(
-    app: str, current: AppState | None, body: Any, servers: set[str], pre: Preconditions
+    app: str,
+    current: AppState | None,
+    body: Any,
+    servers: set[str],
+    pre: Preconditions,
+    apps: Mapping[str, AppState],
 ) -> Decision:
     if name_problems := check_app_name(app):  # listed with the entry's own problems
         raise ApiError.invalid([*name_problems, *validate_entry(body, servers)[1]])
     before = _check_target(app, current, pre)
     entry, problems = validate_entry(body, servers)
+    if entry is not None:
+        problems += container_taken(app, entry, before, apps)
     if problems:
         raise ApiError.invalid(problems)
     assert entry is not None
@@ -82,7 +89,12 @@ def decide_put(
 
 
 def decide_patch(
-    app: str, current: AppState | None, patch: Any, servers: set[str], pre: Preconditions
+    app: str,
+    current: AppState | None,
+    patch: Any,
+    servers: set[str],
+    pre: Preconditions,
+    apps: Mapping[str, AppState],
 ) -> Decision:
     before = _check_target(app, current, pre)
     if before is None or current is None:
@@ -90,6 +102,8 @@ def decide_patch(
     if not isinstance(patch, dict):
         raise ApiError.invalid_one("$", "a merge patch for an entry must be a JSON object")
     entry, problems = validate_entry(merge_patch(entry_to_builtins(before), patch), servers)
+    if entry is not None:
+        problems += container_taken(app, entry, before, apps)
     if problems:
         raise ApiError.invalid(problems)
     assert entry is not None
@@ -105,6 +119,23 @@ def decide_delete(app: str, current: AppState | None, pre: Preconditions) -> Dec
     if before is None or current is None:
         raise ApiError.not_found(f"app {app!r} is not registered")
     return Decision(app, "removed", before, None, current.version, [ev.AppRemoved(app)])
+
+
+def container_taken(
+    app: str, entry: AppEntry, before: AppEntry | None, apps: Mapping[str, AppState]
+) -> list[Problem]:
+    """Two apps on one server with one container name would replace each other's
+    container on every deploy. Checked only when the entry's server or name changes
+    (a PATCH of an env var costs nothing here)."""
+    where = (entry.server, container_name(app, entry))
+    if before is not None and (before.server, container_name(app, before)) == where:
+        return []
+    for other, state in apps.items():
+        held = state.entry
+        if other != app and held and (held.server, container_name(other, held)) == where:
+            message = f"container {where[1]!r} on server {where[0]!r} belongs to app {other!r}"
+            return [Problem("$.container.name", message)]
+    return []
 
 
 def _check_target(app: str, current: AppState | None, pre: Preconditions) -> AppEntry | None:

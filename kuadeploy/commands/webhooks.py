@@ -20,6 +20,7 @@ from kuadeploy.forge.match import apps_of_repo, branch_of
 from kuadeploy.forge.payload import OtherPayload, PushPayload, is_zero
 from kuadeploy.ledger import NewEvent
 from kuadeploy.projector import State
+from projections.pushes import superseded_by
 from projections.registry import Registry, live_entries
 
 TRIGGER = "webhook"
@@ -98,7 +99,11 @@ def decide_delivery(d: Delivery, state: State, new_id: Callable[[], str]) -> Dec
         of_repo = {} if _push_skip(payload) else _apps_of(payload, state.registry)
         skips = _push_skips(payload, of_repo)
         test = payload.before == payload.after  # the forge's "Test delivery" button
+        older = _older(payload, state)
         for app in _on_branch(of_repo, branch_of(payload.ref)):
+            if older is not None:
+                skips.append(ev.WebhookSkip(older, app))
+                continue
             requested = dep.decide_request(
                 app,
                 state.registry,
@@ -150,6 +155,16 @@ def _push_skip(p: PushPayload) -> str | None:
     if is_zero(p.after):
         return f"branch {branch} was deleted: nothing to deploy"
     return None
+
+
+def _older(p: PushPayload, state: State) -> str | None:
+    """Why a push is late or replayed: a recorded push has already moved its branch on
+    from `after`. Deploying it would put an older commit over a newer one."""
+    after = p.after.lower()
+    newer = superseded_by(state.pushes, p.repository.full_name, p.ref, p.before.lower(), after)
+    if newer is None:
+        return None
+    return f"{after} is older than a push already received (the branch went on to {newer})"
 
 
 def _push_skips(p: PushPayload, of_repo: dict[str, AppEntry]) -> list[ev.WebhookSkip]:

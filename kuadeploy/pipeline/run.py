@@ -25,7 +25,7 @@ from kuadeploy.adapters import git
 from kuadeploy.adapters.docker import BuildFailed, EngineError
 from kuadeploy.adapters.docker_specs import BUILD_ARG_SHA, LABEL_APP, release_labels
 from kuadeploy.config import Config, GitCredentials
-from kuadeploy.entry import AppEntry
+from kuadeploy.entry import AppEntry, container_name
 from kuadeploy.ledger import Ledger, NewEvent
 from kuadeploy.notify import Notifier
 from kuadeploy.pipeline.engines import EnginePool
@@ -80,6 +80,11 @@ class DeployRun:
         self.stream = f"deploy/{view.id}"
         self.stop_reason: str | None = None  # set by the runner before it cancels us
         self.switched = False
+        # Rolling back: only shutdown may interrupt the restore (it makes a switch safe).
+        # `restore_recorded` is set once RollbackStarted is in the ledger.
+        self.restoring = False
+        self.restore_recorded = asyncio.Event()
+        self.ended = False  # a terminal event was appended: never append a second
         # self-deploy: from the hand-off record on, no user cancel; once the transient
         # container runs, the outcome is the next instance's to record, not ours
         self.in_handoff = False
@@ -102,19 +107,25 @@ class DeployRun:
         try:
             await self._run()
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()  # we own this cancellation: finish the bookkeeping
+            _uncancel()  # we own this cancellation: finish the bookkeeping
             if self.handed_off:
                 return  # stopped by the hand-off itself: the next instance records it
-            await self._stopped()
+            try:
+                await self._stopped()
+            except asyncio.CancelledError:  # shutdown while a cancel's rollback ran
+                _uncancel()
+                if not self.ended:
+                    detail = f"kuadeploy stopped during {self.step_name}"
+                    await self.emit(ev.DeployInterrupted(self.app, detail))
         except StepError:
             pass  # recorded
         except Exception as exc:  # a bug: still never leave a deploy "running"
             log.exception("deploy %s crashed", self.id)
-            reason = self.masked(f"internal error: {exc!r}")
-            await self.emit(ev.DeployFailed(self.app, reason, self.step_name))
+            if not self.ended:
+                reason = self.masked(f"internal error: {exc!r}")
+                await self.emit(ev.DeployFailed(self.app, reason, self.step_name))
         finally:
+            self.restore_recorded.set()  # nothing left to wait for
             shutil.rmtree(self.work, ignore_errors=True)
 
     async def _run(self) -> None:
@@ -152,6 +163,9 @@ class DeployRun:
                 )
                 if done is None:
                     return
+        if (moved := self._registration_changed()) is not None:
+            await self.emit(ev.DeployCancelled(self.app, moved))  # the container is left alone
+            return
         if entry.mode == "self":
             await self.hand_off(sha, image_id)
             return
@@ -162,7 +176,7 @@ class DeployRun:
                 "verify", lambda: self.verify(sha, image_id), self._verify_timeout()
             )
         except StepError as failure:
-            await self.rollback(f"{failure.step} failed: {failure}")
+            await self._restore(f"{failure.step} failed: {failure}")
             return
         await self.emit(ev.DeploySucceeded(self.app, sha, image_id, result.get("container_id")))
         await self.prune()
@@ -179,16 +193,35 @@ class DeployRun:
             return None
 
     async def _stopped(self) -> None:
-        reason = self.stop_reason or "cancelled"
+        reason, at = self.stop_reason or "cancelled", self.step_name or "start"
         if reason == "shutdown":
             # Stopping must be quick: no rollback now. Like a crash, the restart shows
             # the interruption, and runtime-status the drift if the switch had begun.
-            detail = f"kuadeploy stopped during {self.step_name or 'start'}"
-            await self.emit(ev.DeployInterrupted(self.app, detail))
+            await self.emit(ev.DeployInterrupted(self.app, f"kuadeploy stopped during {at}"))
             return
         if self.switched:
-            await self.rollback(f"{reason} during {self.step_name}")
-        await self.emit(ev.DeployCancelled(self.app, f"{reason} during {self.step_name}"))
+            # The rollback's outcome is the deploy's one terminal event (rolled_back),
+            # its detail naming the cancel: the status says what runs now.
+            await self._restore(f"{reason} during {at}")
+        else:
+            await self.emit(ev.DeployCancelled(self.app, f"{reason} during {at}"))
+
+    async def _restore(self, why: str) -> None:
+        self.restoring = True
+        await self.rollback(why)
+
+    def _registration_changed(self) -> str | None:
+        """Why switching now would act on an app that is no longer this one, if so."""
+        assert self.entry is not None
+        current = self.ctx.state().registry.apps.get(self.app)
+        entry = current.entry if current else None
+        if entry is None:
+            return "the app is no longer registered; nothing was switched"
+        if entry.server != self.entry.server:
+            return f"the app moved to server {entry.server}; nothing was switched"
+        if (entry.container.name or self.app) != self.container_name():
+            return "the app's container was renamed; nothing was switched"
+        return None
 
     # --- steps --------------------------------------------------------------------------
 
@@ -230,11 +263,16 @@ class DeployRun:
             raise ValueError(f"ref {branch!r} is not the app's branch {entry.branch!r} (use force)")
         mirror_dir = self.ctx.data_dir / "repos" / self.app
         creds = _credentials(entry.repo, self.ctx.config.git.credentials)
-        sha = await asyncio.to_thread(
-            _fetch_and_export, entry.repo, mirror_dir, branch, req.sha, req.force, creds, self.work
-        )
+        # A push deploys the branch head it leads to: a late or replayed push must not
+        # put its older commit over a newer one (latest wins).
+        latest = req.trigger == "webhook"
+        args = (entry.repo, mirror_dir, branch, req.sha, req.force, creds, self.work, latest)
+        sha = await asyncio.to_thread(_fetch_and_export, *args)
         self.env = await resolve_env(entry.container, self.ctx.config.secrets)
-        return sha, {"sha": sha, "branch": branch}
+        detail = {"sha": sha, "branch": branch}
+        if latest and req.sha and sha != req.sha:
+            detail["pushed"] = req.sha
+        return sha, detail
 
     async def gate(self, sha: str) -> list[str]:
         """Hold when the change since the last verified release touches migrations."""
@@ -473,7 +511,10 @@ class DeployRun:
 
     async def emit(self, data: ev.EventData) -> None:
         # Shielded: a cancel arriving mid-append must not leave the event half-decided.
+        self.ended = self.ended or isinstance(data, _TERMINAL)
         await asyncio.shield(self.ctx.ledger.append([NewEvent(self.stream, data)], actor=ACTOR))
+        if isinstance(data, ev.RollbackStarted):
+            self.restore_recorded.set()
 
     def masked(self, text: str) -> str:
         """Output we did not write, with this app's resolved secret values masked."""
@@ -485,7 +526,7 @@ class DeployRun:
 
     def container_name(self) -> str:
         assert self.entry is not None
-        return self.entry.container.name or self.app
+        return container_name(self.app, self.entry)
 
     def _view(self) -> DeployView | None:
         return self.ctx.state().deploys.views.get(self.id)
@@ -497,6 +538,21 @@ class DeployRun:
         assert self.entry is not None
         v = self.entry.verify
         return v.timeout_s + v.stable_s + self.ctx.config.deploy.verify_grace_s
+
+
+_TERMINAL = (
+    ev.DeploySucceeded,
+    ev.DeployFailed,
+    ev.RolledBack,
+    ev.DeployCancelled,
+    ev.DeployInterrupted,
+)
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
 
 
 def _credentials(url: str, table: dict[str, GitCredentials]) -> git.Credentials | None:
@@ -521,7 +577,10 @@ def _fetch_and_export(
     force: bool,
     creds: git.Credentials | None,
     work: Path,
+    latest: bool = False,
 ) -> str:
+    """Mirror, resolve and export the commit to deploy; with `latest`, a `sha` on the
+    branch stands for the branch head (it is that commit or a newer one)."""
     mirror_dir.parent.mkdir(parents=True, exist_ok=True)
     mirror = git.Mirror.sync(url, mirror_dir, creds)
     if sha is None:
@@ -530,6 +589,8 @@ def _fetch_and_export(
         sha = mirror.commit_of(sha)
         if not force and not mirror.on_branch(sha, branch):
             raise ValueError(f"{sha} is not on branch {branch} (use force to deploy it anyway)")
+        if latest and not force:
+            sha = mirror.branch_head(branch)
     shutil.rmtree(work, ignore_errors=True)
     mirror.export(sha, work / "src")
     return sha

@@ -33,6 +33,10 @@ NOTHING_TO_RESTORE = "no verified release to restore: the app is left as it is"
 log = logging.getLogger(__name__)
 
 
+class CancelRefused(Exception):
+    """A cancel that cannot act: the deploy is already being stopped or restored."""
+
+
 class DeployRunner:
     def __init__(self, ctx: Context):
         self.ctx = ctx
@@ -186,16 +190,31 @@ class DeployRunner:
         return entry is not None and entry[0].in_handoff
 
     async def cancel(self, deploy_id: str, reason: str) -> bool:
-        """Stop a running deploy; it restores what was running and records why."""
+        """Stop a running deploy; it restores what was running and records why.
+
+        Returns once the deploy has ended or its rollback is recorded: the restore
+        may take minutes and goes on without the caller. False when the deploy does
+        not run here; CancelRefused when a cancel can no longer act on it.
+        """
         entry = self._runs.get(deploy_id)
         if entry is None:
             return False
         run, task = entry
         if run.in_handoff:
             return False
+        if run.stop_reason is not None:  # one cancel acts; another would cut its restore
+            raise CancelRefused(f"is already being cancelled ({run.stop_reason})")
+        if run.restoring:
+            raise CancelRefused(
+                "is rolling back to the last verified release; the restore is not interrupted"
+            )
         run.stop_reason = reason
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        recorded = asyncio.ensure_future(run.restore_recorded.wait())
+        try:  # asyncio.wait, not gather: a caller that goes away must not cancel the run
+            await asyncio.wait({task, recorded}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            recorded.cancel()
         return True
 
     async def close(self) -> None:
