@@ -44,6 +44,8 @@ def describe(event: dict) -> str | None:
         return f"handing over to {data['transient']}: kuadeploy restarts as {data['sha'][:12]}"
     if kind == "RollbackStarted":
         return f"rolling back to {data.get('sha') or 'nothing (no earlier release)'}"
+    if kind == "RolledBack" and not data.get("verified"):  # nothing verified runs
+        return f"ROLLBACK FAILED {data.get('detail') or ''}".rstrip()
     if kind in TERMINAL:
         reason = data.get("reason") or data.get("detail") or data.get("sha") or ""
         return f"{TERMINAL[kind].upper()} {reason}".rstrip()

@@ -43,7 +43,7 @@ from kuadeploy.sinks.git import GitSink
 from kuadeploy.tokens import TokenBook, add_token, read_token_file
 from projections.deploys import DeployView, fold_deploy
 from projections.history import Change, fold_history
-from projections.runtime import newest_first
+from projections.runtime import last_verified, newest_first
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +347,8 @@ class Service:
             raise ApiError.not_found(f"app {app!r} is not registered")
         entry = current.entry
         runtime = self.state.runtime.apps.get(app)
-        release = runtime.current if runtime else None
+        # the last verified release, also when it no longer runs (drift then says so)
+        release = last_verified(runtime)
         out: dict[str, Any] = {
             "app": app,
             "server": entry.server,

@@ -152,6 +152,9 @@ def _rollback_started(view: DeployView, ev: Envelope, data: RollbackStarted) -> 
 
 
 def _rolled_back(view: DeployView, ev: Envelope, data: RolledBack) -> None:
+    if not data.verified:  # restore failed, or nothing to restore: nothing verified runs
+        _finish(view, ev, "failed", data.detail or view.reason)
+        return
     _finish(view, ev, "rolled_back", data.detail or view.reason)
     view.rolled_back_to = data.sha
 

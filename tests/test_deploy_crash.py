@@ -84,6 +84,16 @@ class Server:
         assert status == 202, body
         return body["deploy_id"]
 
+    def wait_recovery(self, app: str, interrupted: str) -> dict:
+        """The deploy start-up queued to restore the verified release: succeeded,
+        verified, from the retained image (no fetch, no build)."""
+        _, latest = self.call("GET", f"/api/v1/apps/{app}/progress")
+        assert latest["id"] != interrupted and latest["trigger"] == "recovery", latest
+        view = self.wait(latest["id"], finished)
+        assert view["status"] == "succeeded", view
+        assert [s["name"] for s in view["steps"]] == ["recreate", "verify"], view
+        return view
+
     def wait(self, deploy_id: str, until, timeout: float = 60) -> dict:
         deadline = time.time() + timeout
         while True:
@@ -118,7 +128,7 @@ def test_sigkill_mid_deploy_then_restart_is_truthful(tmp_path, docker_a, sample_
         if where == "build":
             sample_app.slow_build(30)
         else:
-            entry["verify"]["stable_s"] = 30  # a long stability window to be killed in
+            entry["verify"]["stable_s"] = 8  # a stability window to be killed in (and recovered)
             server.call("PUT", f"/api/v1/apps/{sample_app.name}", entry)
             sample_app.healthy(note="verify me")
         victim = server.deploy(sample_app.name)
@@ -128,12 +138,13 @@ def test_sigkill_mid_deploy_then_restart_is_truthful(tmp_path, docker_a, sample_
         server.start()
         view = server.wait(victim, finished)
         assert view["status"] == "interrupted" and where in view["reason"], view
+        assert not (tmp_path / "data" / "work" / victim).exists()  # cleaned at start-up
+        if where == "verify":  # an unverified release ran: the verified one is restored
+            recovery = server.wait_recovery(sample_app.name, victim)
+            assert recovery["sha"] == good["sha"] and recovery["image_id"] == good["image_id"]
         _, rt = server.call("GET", f"/api/v1/apps/{sample_app.name}/runtime-status")
         assert rt["release"]["sha"] == good["sha"]
-        if where == "build":  # nothing was switched: the old release still runs
-            assert rt["container"]["sha"] == good["sha"] and rt["drift"] is False
-        else:  # an unverified release runs: runtime-status says so
-            assert rt["container"]["sha"] == sample_app.head and rt["drift"] is True
+        assert rt["container"]["sha"] == good["sha"] and rt["drift"] is False
 
         entry["verify"]["stable_s"] = 1
         server.call("PUT", f"/api/v1/apps/{sample_app.name}", entry)
@@ -200,6 +211,63 @@ def test_sigterm_at_a_held_gate_stops_promptly_and_records_the_interruption(
         assert view["status"] == "interrupted", view
         assert "stopped during migration_gate" in view["reason"], view
         assert ("migration_gate", "failed") in [(s["name"], s["status"]) for s in view["steps"]]
+    finally:
+        server.stop()
+
+
+def test_sigterm_mid_verify_restores_the_verified_release_at_the_next_start(
+    tmp_path, docker_a, sample_app
+):
+    """A stop skips the rollback to be quick; the next start makes up for it."""
+    server = Server(tmp_path, docker_a)
+    server.start()
+    try:
+        entry = sample_app.entry("a")
+        status, _ = server.call("PUT", f"/api/v1/apps/{sample_app.name}", entry)
+        assert status == 201
+        good = server.wait(server.deploy(sample_app.name), finished)
+        entry["verify"]["stable_s"] = 8
+        server.call("PUT", f"/api/v1/apps/{sample_app.name}", entry)
+        sample_app.healthy(note="verify me")
+        victim = server.deploy(sample_app.name)
+        server.wait(victim, in_step("verify"))
+        server.stop()
+        assert server.proc.returncode == 0
+        server.start()
+        view = server.wait(victim, finished)
+        assert view["status"] == "interrupted" and "stopped during verify" in view["reason"]
+        recovery = server.wait_recovery(sample_app.name, victim)
+        assert recovery["sha"] == good["sha"]
+        _, rt = server.call("GET", f"/api/v1/apps/{sample_app.name}/runtime-status")
+        assert rt["container"]["sha"] == good["sha"] and rt["drift"] is False
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("how", ["sigkill", "sigterm"])
+def test_interrupted_first_release_says_there_is_nothing_to_restore(
+    tmp_path, docker_a, sample_app, how
+):
+    server = Server(tmp_path, docker_a)
+    server.start()
+    try:
+        entry = sample_app.entry("a")
+        entry["verify"]["stable_s"] = 8
+        status, _ = server.call("PUT", f"/api/v1/apps/{sample_app.name}", entry)
+        assert status == 201
+        victim = server.deploy(sample_app.name)
+        server.wait(victim, in_step("verify"))
+        server.kill() if how == "sigkill" else server.stop()
+        server.start()
+        view = server.wait(victim, finished)
+        assert view["status"] == "interrupted", view
+        assert "no verified release to restore" in view["reason"], view
+        _, latest = server.call("GET", f"/api/v1/apps/{sample_app.name}/progress")
+        assert latest["id"] == victim  # no recovery deploy queued
+        server.stop()
+        server.start()  # said once, not at every start
+        _, view = server.call("GET", f"/api/v1/deploys/{victim}")
+        assert view["reason"].count("no verified release") == 1, view
     finally:
         server.stop()
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+
 import pytest
 
 from tests.deploy_support import (
@@ -100,10 +103,43 @@ async def test_first_release_failing_verify_leaves_the_app_stopped_and_says_so(
     await register(api, sample_app)
     sample_app.health_status(500)
     view = await wait_status(api, await deploy(api, sample_app.name))
-    assert view["status"] == "rolled_back" and view["rolled_back_to"] is None
+    # nothing verified runs: not "rolled_back", which promises a verified release
+    assert view["status"] == "failed" and view["rolled_back_to"] is None
     assert "left stopped" in view["reason"]
     _, rt, _ = await api.call("GET", f"/api/v1/apps/{sample_app.name}/runtime-status")
     assert rt["release"] is None and rt["container"] is None
+
+
+async def test_a_rollback_that_does_not_verify_fails_and_the_next_one_restores(
+    api, sample_app, docker_a
+):
+    """The restored release cannot bind its port (held here), so the rollback fails:
+    the deploy is failed, not rolled back, and the verified release is not forgotten —
+    the next failing deploy goes back to it rather than leaving the app stopped."""
+    await register(api, sample_app)
+    good = await deployed(api, sample_app)
+    sample_app.exits_after(2)  # never binds the port, and fails verify
+    deploy_id = await deploy(api, sample_app.name)
+    while ("verify", "running") not in step_names(await wait_status(api, deploy_id, {"running"})):
+        await asyncio.sleep(0.05)
+    with socket.socket() as squatter:  # listens, never answers: health checks time out
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", sample_app.port))
+        squatter.listen()
+        view = await wait_status(api, deploy_id)
+    assert view["status"] == "failed", view
+    assert "rollback failed" in view["reason"] and view["rolled_back_to"] is None
+    assert step_names(view)[-1] == ("rollback", "failed")
+    _, rt, _ = await api.call("GET", f"/api/v1/apps/{sample_app.name}/runtime-status")
+    assert rt["release"]["sha"] == good["sha"], rt  # not forgotten
+
+    sample_app.health_status(500)
+    view = await wait_status(api, await deploy(api, sample_app.name))
+    assert view["status"] == "rolled_back" and view["rolled_back_to"] == good["sha"], view
+    assert container_labels(docker_a, sample_app.name)["kua.sha"] == good["sha"]
+    assert health_body(sample_app).strip() == f"sha={good['sha']}"
+    _, rt, _ = await api.call("GET", f"/api/v1/apps/{sample_app.name}/runtime-status")
+    assert rt["release"]["sha"] == good["sha"] and rt["drift"] is False, rt
 
 
 async def test_migration_gate_holds_until_approved(api, sample_app, docker_a):

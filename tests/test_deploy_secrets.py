@@ -93,7 +93,8 @@ async def test_a_health_answer_echoing_a_secret_records_only_the_marker(
         await register(api, sample_app, container=entry["container"], verify=entry["verify"])
         sample_app.commit({"www/cgi-bin/healthz": LEAKY_HEALTHZ}, "healthz echoes the env")
         view = await wait_status(api, await deploy(api, sample_app.name))
-        assert view["status"] == "rolled_back", view
+        # the first release: nothing to roll back to, so failed (the app left stopped)
+        assert view["status"] == "failed" and "left stopped" in view["reason"], view
         verify = next(s for s in view["steps"] if s["name"] == "verify")
         assert MARKER in verify["detail"]["error"] and MARKER in view["reason"], verify
         status, events, _ = await api.call("GET", "/api/v1/events?limit=1000")

@@ -39,7 +39,8 @@ deploy_op = st.tuples(
     st.sampled_from(
         [
             "request", "start", "step", "step_ok", "step_fail", "gate", "approve", "succeed",
-            "fail", "rollback_start", "rolled_back", "cancel", "supersede", "interrupt",
+            "fail", "rollback_start", "rolled_back", "rollback_failed", "cancel", "supersede",
+            "interrupt",
         ]
     ),
 )  # fmt: skip
@@ -75,6 +76,7 @@ def to_event(op: tuple, n: int) -> NewEvent:
         "fail": ev.DeployFailed(app=app, reason="r"),
         "rollback_start": ev.RollbackStarted(app=app, sha=sha),
         "rolled_back": ev.RolledBack(app=app, sha=sha, image_id=f"sha256:{n % 3}", verified=True),
+        "rollback_failed": ev.RolledBack(app=app, sha=sha, image_id=f"sha256:{n % 3}"),
         "cancel": ev.DeployCancelled(app=app),
         "supersede": ev.DeploySuperseded(app=app, by="d9"),
         "interrupt": ev.DeployInterrupted(app=app),
@@ -127,3 +129,32 @@ def test_rebuild_equals_live_and_point_in_time_equals_prefix_fold(waves, snapsho
                 assert exported["apps"] == expected[seq - 1], f"at seq {seq}"
         finally:
             conn.close()
+
+
+def test_an_unverified_rollback_fails_the_deploy_and_keeps_the_last_verified_release():
+    from kuadeploy.projector import fold
+    from projections.runtime import last_verified
+
+    def envelope(seq: int, stream: str, data) -> ev.Envelope:
+        ts = f"2026-01-01T00:00:{seq:02d}.000000Z"
+        return ev.envelope(data, seq=seq, ts=ts, stream=stream, version=1, actor="t")
+
+    a, b = "a" * 40, "b" * 40
+    history = [
+        ("deploy/d1", ev.DeployRequested(app="web", trigger="api")),
+        ("deploy/d1", ev.DeploySucceeded(app="web", sha=a, image_id="sha256:a")),
+        ("deploy/d2", ev.DeployRequested(app="web", trigger="api")),
+        ("deploy/d2", ev.StepStarted(app="web", step="recreate")),
+        ("deploy/d2", ev.RollbackStarted(app="web", sha=a, image_id="sha256:a")),
+        ("deploy/d2", ev.RolledBack(app="web", sha=a, image_id="sha256:a", detail="failed")),
+    ]  # fmt: skip
+    state = State()
+    for seq, (stream, data) in enumerate(history, 1):
+        fold(state, envelope(seq, stream, data))
+    view = state.deploys.views["d2"]
+    assert (view.status, view.rolled_back_to, view.reason) == ("failed", None, "failed")
+    runtime = state.runtime.apps["web"]
+    assert runtime.current is None and runtime.switching == "d2"
+    assert last_verified(runtime).sha == a  # what the next deploy restores
+    fold(state, envelope(7, "deploy/d3", ev.DeploySucceeded(app="web", sha=b, image_id="sha256:b")))
+    assert runtime.switching is None and last_verified(runtime).sha == b

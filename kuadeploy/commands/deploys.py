@@ -19,7 +19,7 @@ from kuadeploy.ledger import NewEvent
 from kuadeploy.validation import check_branch
 from projections.deploys import ACTIVE, Deploys, DeployView, active_deploys
 from projections.registry import Registry
-from projections.runtime import Runtime, newest_first
+from projections.runtime import Runtime, last_verified, newest_first
 
 SHA = re.compile(r"^[0-9a-f]{4,64}$")
 
@@ -155,8 +155,9 @@ def decide_approve(view: DeployView | None, deploy_id: str) -> list[NewEvent]:
 
 def decide_rollback(app: str, runtime: Runtime, to: str | None, keep: int) -> tuple[str, str]:
     """(sha, image id) of the retained release to go back to: `to`, or the one
-    verified before the current release. Only the newest `keep` releases still have
-    their images (older ones are pruned after each success)."""
+    verified before the current release — or, when nothing verified runs (a rollback
+    failed), the last verified one. Only the newest `keep` releases still have their
+    images (older ones are pruned after each success)."""
     state = runtime.apps.get(app)
     releases = newest_first(state)[:keep] if state is not None else []
     if to is not None:
@@ -166,6 +167,9 @@ def decide_rollback(app: str, runtime: Runtime, to: str | None, keep: int) -> tu
                 return release.sha, release.image_id
         raise ApiError.not_found(f"no retained release of {app} matches {to}")
     current = state.current if state is not None else None
+    last = last_verified(state)
+    if current is None and last is not None and last.image_id in {r.image_id for r in releases}:
+        return last.sha, last.image_id
     for release in releases:
         if current is None or release.image_id != current.image_id:
             return release.sha, release.image_id

@@ -35,7 +35,7 @@ from kuadeploy.pipeline.verify import VerifyFailed, verify_release
 from kuadeploy.projector import State
 from kuadeploy.selfdeploy.start import HandoffRefused, plan_handoff, wait_for_takeover
 from projections.deploys import DeployView
-from projections.runtime import Release, newest_first
+from projections.runtime import Release, last_verified, newest_first
 
 log = logging.getLogger(__name__)
 ACTOR = "system"
@@ -94,7 +94,10 @@ class DeployRun:
         self.work = ctx.data_dir / "work" / view.id
         state = ctx.state()
         runtime = state.runtime.apps.get(view.app)
-        self.previous: Release | None = runtime.current if runtime else None
+        # What a failure rolls back to and the gate compares with: the last verified
+        # release, even when it no longer runs (a rollback before this one failed).
+        self.previous: Release | None = last_verified(runtime)
+        self.current: Release | None = runtime.current if runtime else None
         current = state.registry.apps.get(view.app)
         self.entry: AppEntry | None = current.entry if current else None
 
@@ -428,7 +431,7 @@ class DeployRun:
 
     def _noop(self, sha: str) -> str | None:
         """Why deploying `sha` would change nothing, if it would not."""
-        if self.previous is not None and self.previous.sha == sha:
+        if self.current is not None and self.current.sha == sha:
             return f"{sha} is already the verified release; nothing to do"
         if self.entry is not None and self.entry.mode == "self" and sha == GIT_SHA:
             return f"kuadeploy already runs {sha}; nothing to do"

@@ -4,20 +4,31 @@ Queued deploys are the projection's; a worker per app runs the oldest queued one
 and looks again when it ends. At start-up, deploys that were in flight when the
 previous process died get `DeployInterrupted` before the queue resumes — except a
 self-deploy that handed over, whose outcome this very process is (selfdeploy/decide.py).
+A deploy interrupted after its container switch began (by a crash, or by a stop,
+which skips the rollback to be quick) may have left the app down or on an
+unverified release: start-up then queues a "recovery" deploy of the last verified
+release's retained image, run before anything else queued for that app.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 
 from kuadeploy import events as ev
+from kuadeploy.adapters.docker import EngineError
+from kuadeploy.adapters.docker_specs import LABEL_SHA
+from kuadeploy.commands.deploys import new_deploy_id
 from kuadeploy.ledger import NewEvent, StoredEvent
 from kuadeploy.pipeline.run import ACTOR, Context, DeployRun
 from kuadeploy.selfdeploy.decide import handoff_of, resolve
 from kuadeploy.selfdeploy.instance import whoami
 from kuadeploy.selfdeploy.report import read_report, report_path
-from projections.deploys import active_deploys
+from projections.deploys import DeployView, active_deploys, fold_deploy
+from projections.runtime import last_verified
+
+NOTHING_TO_RESTORE = "no verified release to restore: the app is left as it is"
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +46,10 @@ class DeployRunner:
 
     async def start(self) -> None:
         await self._interrupt_leftovers()
+        # nothing runs yet: every work dir is an interrupted deploy's leftover
+        for leftover in (self.ctx.data_dir / "work").glob("*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        await self._recover_interrupted_switches()
         self.ctx.ledger.subscribe(self._on_commit)
         for view in active_deploys(self.ctx.state().deploys):
             self._kick(view.app)
@@ -54,6 +69,8 @@ class DeployRunner:
             else:
                 at = next((s.name for s in reversed(view.steps) if s.status == "running"), None)
                 reason = f"kuadeploy restarted while {view.status}" + (f" ({at})" if at else "")
+                if self._unrestorable(view):
+                    reason += f"; {NOTHING_TO_RESTORE}"
                 outcome = [ev.DeployInterrupted(view.app, reason)]
             stream = f"deploy/{view.id}"
             first, *rest = outcome
@@ -62,6 +79,63 @@ class DeployRunner:
         for deploy_id, batch in batches:
             await self.ctx.ledger.append(batch, actor=ACTOR)
             report_path(self.ctx.config, deploy_id).unlink(missing_ok=True)  # recorded now
+
+    def _unrestorable(self, view: DeployView) -> bool:
+        """The deploy's switch began, and there is no verified release to go back to."""
+        runtime = self.ctx.state().runtime.apps.get(view.app)
+        return runtime is not None and runtime.switching == view.id and not last_verified(runtime)
+
+    async def _recover_interrupted_switches(self) -> None:
+        """Restore the last verified release where an interrupted switch left the app
+        without it: a recorded deploy of its retained image (no rebuild), verified like
+        any other. Where there is none, the interruption record says so."""
+        state = self.ctx.state()
+        for app, runtime in list(state.runtime.apps.items()):
+            current = state.registry.apps.get(app)
+            entry = current.entry if current else None
+            if runtime.switching is None or entry is None or entry.mode == "self":
+                continue  # a self-deploy's interruption is decided by its hand-off
+            if any(v.trigger == "recovery" for v in active_deploys(state.deploys, app)):
+                continue  # already queued by an earlier start
+            view = await self._view(runtime.switching)
+            if view is None or view.status != "interrupted":
+                continue  # it ended on its own: succeeded, rolled back or failed
+            release = last_verified(runtime)
+            if release is None:
+                if NOTHING_TO_RESTORE not in (view.reason or ""):  # a stop recorded it
+                    note = ev.DeployInterrupted(app, f"{view.reason}; {NOTHING_TO_RESTORE}")
+                    await self.ctx.ledger.append([NewEvent(f"deploy/{view.id}", note)], actor=ACTOR)
+                continue
+            name = entry.container.name or app
+            try:
+                async with asyncio.timeout(5):
+                    live = await self.ctx.engines.get(entry.server).inspect_container(name)
+            except (EngineError, TimeoutError, KeyError) as exc:
+                live = None  # unknown: restoring the verified release is always right
+                log.warning("recovering %s: cannot inspect %s: %s", app, name, exc)
+            if (
+                live is not None
+                and live.running
+                and live.image_id == release.image_id
+                and live.labels.get(LABEL_SHA) == release.sha
+            ):
+                continue  # the verified release still runs: the switch had not got that far
+            request = ev.DeployRequested(
+                app, "recovery", sha=release.sha, force=True, image_id=release.image_id
+            )
+            recovery = new_deploy_id()
+            await self.ctx.ledger.append([NewEvent(f"deploy/{recovery}", request, 0)], actor=ACTOR)
+            log.info(
+                "deploy %s was interrupted mid-switch: restoring %s of %s in deploy %s",
+                view.id, release.sha[:12], app, recovery,
+            )  # fmt: skip
+
+    async def _view(self, deploy_id: str) -> DeployView | None:
+        view = self.ctx.state().deploys.views.get(deploy_id)
+        if view is None:  # finished and no longer the app's latest: read its stream
+            for stored in await self.ctx.ledger.read_stream(f"deploy/{deploy_id}"):
+                view = fold_deploy(view, stored.event)
+        return view
 
     async def _handoff_outcome(self, deploy_id: str, handoff: dict) -> list[ev.EventData]:
         h = handoff_of(handoff)
@@ -90,6 +164,7 @@ class DeployRunner:
             queued = [
                 v for v in active_deploys(self.ctx.state().deploys, app) if v.status == "queued"
             ]
+            queued.sort(key=lambda v: v.trigger != "recovery")  # restore first, then the rest
             if not queued:
                 return
             run = DeployRun(self.ctx, queued[0])
