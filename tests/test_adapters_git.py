@@ -108,8 +108,8 @@ def test_sync_follows_a_changed_repo_url(upstream: Upstream, tmp_path: Path) -> 
     assert mirror.branch_head("main") == other_head
 
 
-def test_sync_of_a_missing_repo_is_a_git_error(tmp_path: Path) -> None:
-    with pytest.raises(GitError, match="fetch"):
+def test_sync_of_a_missing_repo_is_a_git_error_that_says_so(tmp_path: Path) -> None:
+    with pytest.raises(GitError, match=r"fetch .*: no repository at this path"):
         Mirror.sync(str(tmp_path / "nowhere.git"), tmp_path / "mirror")
 
 

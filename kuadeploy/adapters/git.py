@@ -107,7 +107,7 @@ class Mirror:
         try:
             remote.fetch([_REFSPEC], callbacks=_Callbacks(credentials), prune=FetchPrune.PRUNE)
         except (pygit2.GitError, OSError, ValueError) as e:
-            raise GitError(f"fetch {remote.url}: {_explained(e)}") from e
+            raise GitError(f"fetch {remote.url}: {_explained(e, remote.url)}") from e
 
     def branch_head(self, branch: str) -> str:
         ref = self.repo.references.get(f"refs/remotes/origin/{branch}")
@@ -197,10 +197,13 @@ class Mirror:
             os.chmod(target, mode)  # the umask must not change what git recorded
 
 
-def _explained(error: Exception) -> str:
+def _explained(error: Exception, url: str | None = None) -> str:
     message = str(error)
     if "object format" in message:
         message += " (SHA-256 repositories need a libgit2 built with SHA-256 support)"
+    local = url is not None and "://" not in url and ":" not in url.split("/", 1)[0]
+    if local and "unsupported URL protocol" in message and not os.path.exists(url):
+        message = "no repository at this path (it was moved or removed)"  # libgit2's words mislead
     return message
 
 
