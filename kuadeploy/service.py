@@ -353,7 +353,10 @@ class Service:
             "app": app,
             "server": entry.server,
             "release": msgspec.to_builtins(release),
-            "releases": msgspec.to_builtins(newest_first(runtime)) if runtime else [],
+            # the rollback targets: older releases' images are pruned after each deploy
+            "releases": msgspec.to_builtins(newest_first(runtime)[: entry.keep_releases])
+            if runtime
+            else [],
         }
         name = container_name(app, entry)
         try:

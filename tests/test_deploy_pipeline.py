@@ -560,6 +560,8 @@ async def test_only_the_newest_keep_releases_images_are_kept(api, sample_app, do
         capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
     assert set(listed) == {views[3]["image_id"], views[2]["image_id"]}
+    _, rt, _ = await api.call("GET", f"/api/v1/apps/{sample_app.name}/runtime-status")
+    assert [r["image_id"] for r in rt["releases"]] == [views[3]["image_id"], views[2]["image_id"]]
     status, answer, _ = await api.call(
         "POST", f"/api/v1/apps/{sample_app.name}/rollback", role="deployer", json={}
     )
