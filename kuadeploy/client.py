@@ -108,7 +108,9 @@ def _http_message(exc: urllib.error.HTTPError) -> str:
     title = title or exc.reason or "error"
     text = f"{title.lower()}: {detail}" if detail and detail != title else title.lower()
     for error in errors[:20] if isinstance(errors, list) else []:  # validation problems
-        if isinstance(error, dict):
+        if isinstance(error, dict) and error.get("message") == detail:  # the one problem
+            text += f" ({error.get('path')})"
+        elif isinstance(error, dict):
             text += f"; {error.get('path')}: {error.get('message')}"
     return f"{text} (HTTP {exc.code})"
 

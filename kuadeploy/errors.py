@@ -38,8 +38,8 @@ class ApiError(Exception):
         return cls(422, "Invalid entry", f"{n} problem{'s' * (n != 1)} found", problems)
 
     @classmethod
-    def invalid_one(cls, path: str, message: str) -> ApiError:
-        return cls(422, "Invalid entry", message, [{"path": path, "message": message}])
+    def invalid_one(cls, path: str, message: str, title: str = "Invalid entry") -> ApiError:
+        return cls(422, title, message, [{"path": path, "message": message}])
 
     @classmethod
     def not_found(cls, detail: str) -> ApiError:

@@ -119,6 +119,10 @@ async def test_errors_are_one_line_and_fail(api):
             "invalid point in time: seq 99 is beyond the head of the ledger (5) (HTTP 422)",
         ),
         (["export", "--url", "127.0.0.1:8080", "--token", "t"], "must start with http://"),
+        (
+            ["deploy", "web", "--sha", "xyz", "--url", api.base, "--token", TOKENS["deployer"]],
+            "kuadeploy: invalid request: sha must be 4 to 64 hex digits ($.sha) (HTTP 422)\n",
+        ),
     ]
     for args, message in cases:
         proc = await cli(*args)

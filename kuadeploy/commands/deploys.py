@@ -22,6 +22,7 @@ from projections.registry import Registry
 from projections.runtime import Runtime, last_verified, newest_first
 
 SHA = re.compile(r"^[0-9a-f]{4,64}$")
+_INVALID = "Invalid request"  # a deploy request, not a registry entry
 
 
 class DeployRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -79,9 +80,9 @@ def decide_request(
     if sha is not None:
         sha = sha.lower()
         if not SHA.fullmatch(sha):
-            raise ApiError.invalid_one("$.sha", "sha must be 4 to 64 hex digits")
+            raise ApiError.invalid_one("$.sha", "sha must be 4 to 64 hex digits", _INVALID)
     if ref is not None and (problem := check_branch(ref)) is not None:
-        raise ApiError.invalid_one("$.ref", problem)
+        raise ApiError.invalid_one("$.ref", problem, _INVALID)
     in_flight = active_deploys(deploys, app)
     if sha is not None and not force:
         heading = _heading_to(in_flight, runtime, app)

@@ -24,7 +24,7 @@ async def _body(request: web.Request, cls: type) -> object:
     try:
         return msgspec.json.decode(raw, type=cls)
     except msgspec.ValidationError as exc:
-        raise ApiError.invalid_one("$", str(exc)) from exc
+        raise ApiError.invalid_one("$", str(exc), "Invalid request") from exc
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ApiError.bad_request(f"malformed JSON: {exc}") from exc
 
