@@ -597,3 +597,31 @@ async def test_cli_deploy_of_the_running_verified_release_exits_0(api, sample_ap
                    capture_output=True)  # fmt: skip
     rc, out, _ = await run_cli_async("deploy", sample_app.name, *client)
     assert rc == 1 and ": cancelled — " in out.splitlines()[-1], out
+
+
+async def test_runtime_status_reports_a_removed_or_impostor_container_as_drift(
+    api, sample_app, docker_a
+):
+    import subprocess
+
+    await register(api, sample_app)
+    first = await deployed(api, sample_app)
+    sample_app.healthy(note="second")
+    second = await deployed(api, sample_app)
+    path = f"/api/v1/apps/{sample_app.name}/runtime-status"
+
+    def docker(*args: str) -> None:
+        subprocess.run(["docker", "--host", docker_a, *args], check=True, capture_output=True)
+
+    docker("rm", "-f", sample_app.name)
+    _, rt, _ = await api.call("GET", path)
+    assert rt["release"]["sha"] == second["sha"]
+    assert rt["container"] is None and rt["drift"] is True, rt
+
+    # the same name and the release's kua.sha label, but the first release's image
+    docker("run", "-d", "--name", sample_app.name, "--network", "host",
+           "--label", f"kua.sha={second['sha']}", first["image_id"])  # fmt: skip
+    _, rt, _ = await api.call("GET", path)
+    assert rt["container"]["sha"] == second["sha"] and rt["container"]["running"] is True
+    assert rt["container"]["image_id"] == first["image_id"]
+    assert rt["drift"] is True, rt
