@@ -284,12 +284,19 @@ async def test_cancel_during_a_build_keeps_the_old_container(api, sample_app, do
 async def test_rollback_endpoint_restores_the_recorded_image_without_a_rebuild(
     api, sample_app, docker_a
 ):
+    import subprocess
     import time
 
     await register(api, sample_app)
     first = await deployed(api, sample_app)
     sample_app.healthy(note="second")
     second = await deployed(api, sample_app)
+    # the first release's tag now names the second's image: only the recorded ID is right
+    subprocess.run(
+        ["docker", "--host", docker_a, "tag", second["image_id"],
+         f"kua-{sample_app.name}:{first['sha']}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
     started = time.monotonic()
     status, answer, _ = await api.call(
         "POST", f"/api/v1/apps/{sample_app.name}/rollback", role="deployer", json={}
