@@ -324,10 +324,13 @@ async def test_rollback_endpoint_restores_the_recorded_image_without_a_rebuild(
 
 
 async def test_secret_reference_reaches_the_container_and_nothing_else(
-    tmp_path, docker_a, sample_app
+    tmp_path, docker_a, sample_app, caplog
 ):
+    import logging
+
     from kuadeploy.config import SecretsConfig
 
+    caplog.set_level(logging.DEBUG)  # every logger, the server's own included
     secret_value = "s3cr3t-" + "x7Qz" * 6
     secrets_dir = tmp_path / "secrets" / "web"
     secrets_dir.mkdir(parents=True)
@@ -355,6 +358,14 @@ async def test_secret_reference_reaches_the_container_and_nothing_else(
             status, body, _ = await api.call("GET", path)
             assert status == 200
             responses.append(body)
+        # the deploy has ended, so its stream ends too: read to its end
+        status, sse, _ = await api.call("GET", f"/api/v1/deploys/{view['id']}/stream")
+        assert status == 200 and b"event: DeploySucceeded" in sse
+        assert secret_value.encode() not in sse
+    logged = caplog.records  # captured, DEBUG included
+    assert any(r.name.startswith("kuadeploy.") for r in logged)
+    assert any(r.levelno == logging.DEBUG for r in logged)
+    assert secret_value not in caplog.text
     from tests.deploy_support import docker_json
 
     env = docker_json(docker_a, "inspect", "--format", "{{json .Config.Env}}", sample_app.name)
