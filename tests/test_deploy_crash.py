@@ -159,6 +159,32 @@ def test_sigkill_mid_deploy_then_restart_is_truthful(tmp_path, docker_a, sample_
         server.stop()
 
 
+def test_a_deploy_queued_behind_a_killed_one_runs_after_the_restart(tmp_path, docker_a, sample_app):
+    server = Server(tmp_path, docker_a)
+    server.start()
+    try:
+        status, _ = server.call("PUT", f"/api/v1/apps/{sample_app.name}", sample_app.entry("a"))
+        assert status == 201
+        assert server.wait(server.deploy(sample_app.name), finished)["status"] == "succeeded"
+        sample_app.slow_build(30)
+        victim = server.deploy(sample_app.name)
+        server.wait(victim, in_step("build"))
+        sample_app.healthy(note="queued behind the slow build")
+        queued = server.deploy(sample_app.name)
+        _, view = server.call("GET", f"/api/v1/deploys/{queued}")
+        assert view["status"] == "queued", view
+        server.kill()
+
+        server.start()  # no request after this: the queue resumes by itself
+        assert server.wait(victim, finished)["status"] == "interrupted"
+        view = server.wait(queued, finished)
+        assert view["status"] == "succeeded" and view["sha"] == sample_app.head, view
+        _, rt = server.call("GET", f"/api/v1/apps/{sample_app.name}/runtime-status")
+        assert rt["container"]["sha"] == sample_app.head and rt["drift"] is False
+    finally:
+        server.stop()
+
+
 def test_sigterm_mid_build_stops_promptly_and_records_the_interruption(
     tmp_path, docker_a, sample_app
 ):

@@ -284,12 +284,19 @@ async def test_cancel_during_a_build_keeps_the_old_container(api, sample_app, do
 async def test_rollback_endpoint_restores_the_recorded_image_without_a_rebuild(
     api, sample_app, docker_a
 ):
+    import subprocess
     import time
 
     await register(api, sample_app)
     first = await deployed(api, sample_app)
     sample_app.healthy(note="second")
     second = await deployed(api, sample_app)
+    # the first release's tag now names the second's image: only the recorded ID is right
+    subprocess.run(
+        ["docker", "--host", docker_a, "tag", second["image_id"],
+         f"kua-{sample_app.name}:{first['sha']}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
     started = time.monotonic()
     status, answer, _ = await api.call(
         "POST", f"/api/v1/apps/{sample_app.name}/rollback", role="deployer", json={}
@@ -317,10 +324,13 @@ async def test_rollback_endpoint_restores_the_recorded_image_without_a_rebuild(
 
 
 async def test_secret_reference_reaches_the_container_and_nothing_else(
-    tmp_path, docker_a, sample_app
+    tmp_path, docker_a, sample_app, caplog
 ):
+    import logging
+
     from kuadeploy.config import SecretsConfig
 
+    caplog.set_level(logging.DEBUG)  # every logger, the server's own included
     secret_value = "s3cr3t-" + "x7Qz" * 6
     secrets_dir = tmp_path / "secrets" / "web"
     secrets_dir.mkdir(parents=True)
@@ -348,6 +358,14 @@ async def test_secret_reference_reaches_the_container_and_nothing_else(
             status, body, _ = await api.call("GET", path)
             assert status == 200
             responses.append(body)
+        # the deploy has ended, so its stream ends too: read to its end
+        status, sse, _ = await api.call("GET", f"/api/v1/deploys/{view['id']}/stream")
+        assert status == 200 and b"event: DeploySucceeded" in sse
+        assert secret_value.encode() not in sse
+    logged = caplog.records  # captured, DEBUG included
+    assert any(r.name.startswith("kuadeploy.") for r in logged)
+    assert any(r.levelno == logging.DEBUG for r in logged)
+    assert secret_value not in caplog.text
     from tests.deploy_support import docker_json
 
     env = docker_json(docker_a, "inspect", "--format", "{{json .Config.Env}}", sample_app.name)
@@ -599,3 +617,31 @@ async def test_cli_deploy_of_the_running_verified_release_exits_0(api, sample_ap
                    capture_output=True)  # fmt: skip
     rc, out, _ = await run_cli_async("deploy", sample_app.name, *client)
     assert rc == 1 and ": cancelled — " in out.splitlines()[-1], out
+
+
+async def test_runtime_status_reports_a_removed_or_impostor_container_as_drift(
+    api, sample_app, docker_a
+):
+    import subprocess
+
+    await register(api, sample_app)
+    first = await deployed(api, sample_app)
+    sample_app.healthy(note="second")
+    second = await deployed(api, sample_app)
+    path = f"/api/v1/apps/{sample_app.name}/runtime-status"
+
+    def docker(*args: str) -> None:
+        subprocess.run(["docker", "--host", docker_a, *args], check=True, capture_output=True)
+
+    docker("rm", "-f", sample_app.name)
+    _, rt, _ = await api.call("GET", path)
+    assert rt["release"]["sha"] == second["sha"]
+    assert rt["container"] is None and rt["drift"] is True, rt
+
+    # the same name and the release's kua.sha label, but the first release's image
+    docker("run", "-d", "--name", sample_app.name, "--network", "host",
+           "--label", f"kua.sha={second['sha']}", first["image_id"])  # fmt: skip
+    _, rt, _ = await api.call("GET", path)
+    assert rt["container"]["sha"] == second["sha"] and rt["container"]["running"] is True
+    assert rt["container"]["image_id"] == first["image_id"]
+    assert rt["drift"] is True, rt

@@ -6,6 +6,7 @@ The migration and the app's container run with the resolved secrets; what they s
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -37,8 +38,9 @@ def ledger_files(data: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize(("exit_code", "outcome"), [(1, "failed"), (0, "succeeded")])
 async def test_a_migration_echoing_a_secret_records_only_the_marker(
-    tmp_path, docker_a, sample_app, provider, exit_code, outcome
+    tmp_path, docker_a, sample_app, provider, exit_code, outcome, caplog
 ):
+    caplog.set_level(logging.DEBUG)  # the server's log: every logger, DEBUG included
     data = tmp_path / "data"
     async with deploy_service(data, docker_a, secrets=provider) as api:
         container = {
@@ -70,6 +72,7 @@ async def test_a_migration_echoing_a_secret_records_only_the_marker(
         assert CORE not in text and MARKER in text
         live = ledger_files(data)  # while serving: the events are in ledger.db-wal
         assert any(name.endswith("-wal") for name in live), list(live)
+    assert CORE not in caplog.text
     for files in (live, ledger_files(data)):
         for name, content in files.items():
             assert CORE.encode() not in content, name
@@ -83,8 +86,9 @@ echo "no sha here, but pw=$DB_PASSWORD"
 
 
 async def test_a_health_answer_echoing_a_secret_records_only_the_marker(
-    tmp_path, docker_a, sample_app, provider
+    tmp_path, docker_a, sample_app, provider, caplog
 ):
+    caplog.set_level(logging.DEBUG)
     data = tmp_path / "data"
     async with deploy_service(data, docker_a, secrets=provider) as api:
         entry = sample_app.entry("a")
@@ -99,5 +103,6 @@ async def test_a_health_answer_echoing_a_secret_records_only_the_marker(
         assert MARKER in verify["detail"]["error"] and MARKER in view["reason"], verify
         status, events, _ = await api.call("GET", "/api/v1/events?limit=1000")
         assert status == 200 and CORE not in json.dumps([view, events])
+    assert CORE not in caplog.text
     for name, content in ledger_files(data).items():
         assert CORE.encode() not in content, name

@@ -288,12 +288,20 @@ async def test_new_branch_push_deploys_and_its_create_event_is_ignored(api):
     [deploy_id] = (await accepted(api, deliver("push", push, SECRET)))["deploy_ids"]
     _, view, _ = await api.call("GET", f"/api/v1/deploys/{deploy_id}")
     assert view["sha"] == after
+    creates = []
     for hook in ("forgejo", "gitea"):
         create = deliver(
             "create", ForgeRepo().create("refs/heads/release", after), SECRET, hook=hook
         )
         [skip] = await ignored(api, create)
         assert skip["reason"].startswith("create event (branch ")
+        creates.append((create.uuid, [skip["reason"]]))
+    recorded = [
+        (e["data"]["delivery"], [i["reason"] for i in e["data"]["ignored"]])
+        for e in await webhook_events(api)
+        if e["type"] == "WebhookIgnored" and e["data"]["event"] == "create"
+    ]
+    assert recorded == creates  # each create delivery recorded, with why it was ignored
 
 
 async def test_branch_deletion_in_both_styles_is_ignored(api):
