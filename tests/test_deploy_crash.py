@@ -79,6 +79,10 @@ class Server:
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read())
 
+    def register(self, app: str, entry: dict) -> None:
+        status, body = self.call("PUT", f"/api/v1/apps/{app}", entry)
+        assert status in (200, 201), body
+
     def deploy(self, app: str) -> str:
         status, body = self.call("POST", f"/api/v1/apps/{app}/deploy", {})
         assert status == 202, body
@@ -121,15 +125,14 @@ def test_sigkill_mid_deploy_then_restart_is_truthful(tmp_path, docker_a, sample_
     server.start()
     try:
         entry = sample_app.entry("a")
-        status, _ = server.call("PUT", f"/api/v1/apps/{sample_app.name}", entry)
-        assert status == 201
+        server.register(sample_app.name, entry)
         good = server.wait(server.deploy(sample_app.name), finished)
         assert good["status"] == "succeeded"
         if where == "build":
             sample_app.slow_build(30)
         else:
             entry["verify"]["stable_s"] = 8  # a stability window to be killed in (and recovered)
-            server.call("PUT", f"/api/v1/apps/{sample_app.name}", entry)
+            server.register(sample_app.name, entry)
             sample_app.healthy(note="verify me")
         victim = server.deploy(sample_app.name)
         server.wait(victim, in_step(where))
@@ -147,7 +150,7 @@ def test_sigkill_mid_deploy_then_restart_is_truthful(tmp_path, docker_a, sample_
         assert rt["container"]["sha"] == good["sha"] and rt["drift"] is False
 
         entry["verify"]["stable_s"] = 1
-        server.call("PUT", f"/api/v1/apps/{sample_app.name}", entry)
+        server.register(sample_app.name, entry)
         sample_app.healthy(note="after the crash")
         after = server.wait(server.deploy(sample_app.name), finished)
         assert after["status"] == "succeeded" and after["sha"] == sample_app.head
@@ -163,8 +166,7 @@ def test_a_deploy_queued_behind_a_killed_one_runs_after_the_restart(tmp_path, do
     server = Server(tmp_path, docker_a)
     server.start()
     try:
-        status, _ = server.call("PUT", f"/api/v1/apps/{sample_app.name}", sample_app.entry("a"))
-        assert status == 201
+        server.register(sample_app.name, sample_app.entry("a"))
         assert server.wait(server.deploy(sample_app.name), finished)["status"] == "succeeded"
         sample_app.slow_build(30)
         victim = server.deploy(sample_app.name)
@@ -191,8 +193,7 @@ def test_sigterm_mid_build_stops_promptly_and_records_the_interruption(
     server = Server(tmp_path, docker_a)
     server.start()
     try:
-        status, _ = server.call("PUT", f"/api/v1/apps/{sample_app.name}", sample_app.entry("a"))
-        assert status == 201
+        server.register(sample_app.name, sample_app.entry("a"))
         good = server.wait(server.deploy(sample_app.name), finished)
         sample_app.slow_build(30)
         victim = server.deploy(sample_app.name)
@@ -216,8 +217,7 @@ def test_sigterm_at_a_held_gate_stops_promptly_and_records_the_interruption(
     server = Server(tmp_path, docker_a)
     server.start()
     try:
-        status, _ = server.call("PUT", f"/api/v1/apps/{sample_app.name}", sample_app.entry("a"))
-        assert status == 201
+        server.register(sample_app.name, sample_app.entry("a"))
         sample_app.add_migration()  # approval "required": the first deploy holds
         victim = server.deploy(sample_app.name)
         server.wait(victim, lambda view: view["status"] == "awaiting_approval")
@@ -249,11 +249,10 @@ def test_sigterm_mid_verify_restores_the_verified_release_at_the_next_start(
     server.start()
     try:
         entry = sample_app.entry("a")
-        status, _ = server.call("PUT", f"/api/v1/apps/{sample_app.name}", entry)
-        assert status == 201
+        server.register(sample_app.name, entry)
         good = server.wait(server.deploy(sample_app.name), finished)
         entry["verify"]["stable_s"] = 8
-        server.call("PUT", f"/api/v1/apps/{sample_app.name}", entry)
+        server.register(sample_app.name, entry)
         sample_app.healthy(note="verify me")
         victim = server.deploy(sample_app.name)
         server.wait(victim, in_step("verify"))
@@ -279,8 +278,7 @@ def test_interrupted_first_release_says_there_is_nothing_to_restore(
     try:
         entry = sample_app.entry("a")
         entry["verify"]["stable_s"] = 8
-        status, _ = server.call("PUT", f"/api/v1/apps/{sample_app.name}", entry)
-        assert status == 201
+        server.register(sample_app.name, entry)
         victim = server.deploy(sample_app.name)
         server.wait(victim, in_step("verify"))
         server.kill() if how == "sigkill" else server.stop()
@@ -304,8 +302,7 @@ def test_sigterm_during_a_cancels_rollback_records_one_interruption(tmp_path, do
     try:
         entry = sample_app.entry("a")
         entry["verify"]["stable_s"] = 4  # the rollback's verify waits this: SIGTERM lands in it
-        status, _ = server.call("PUT", f"/api/v1/apps/{sample_app.name}", entry)
-        assert status == 201
+        server.register(sample_app.name, entry)
         server.wait(server.deploy(sample_app.name), finished)
         sample_app.health_status(500)
         victim = server.deploy(sample_app.name)
