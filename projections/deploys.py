@@ -188,6 +188,8 @@ _STEPS: dict[type, Any] = {
     DeployInterrupted: _interrupted,
     SelfHandoffStarted: _handoff,
 }
+# the payload types fold_deploys reacts to: every type a deploy stream holds
+FOLDED = frozenset({DeployRequested, *_STEPS})
 
 
 def _open_step(view: DeployView, name: str) -> StepView:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
-from kuadeploy.events import Envelope, WebhookDelivery
+from kuadeploy.events import Envelope, WebhookDelivery, WebhookIgnored, WebhookReceived
 from kuadeploy.forge.payload import is_zero
 
 # Enough to catch any realistic reordering or replay; older ones are left to the
@@ -37,6 +37,9 @@ def superseded_by(state: Pushes, repo: str, ref: str, before: str, after: str) -
     if seen is None or after not in seen.befores or before == seen.head:
         return None
     return seen.head
+
+
+FOLDED = frozenset({WebhookReceived, WebhookIgnored})  # the payload types fold_pushes reads
 
 
 def fold_pushes(state: Pushes, ev: Envelope) -> Pushes:

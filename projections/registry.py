@@ -36,6 +36,7 @@ def _remove(state: Registry, ev: Envelope) -> None:
 
 # Dispatch on the payload type: one dict lookup per event instead of isinstance chains.
 _STEPS = {AppRegistered: _put, AppReplaced: _put, AppPatched: _put, AppRemoved: _remove}
+FOLDED = frozenset(_STEPS)  # the payload types fold_registry reacts to
 
 
 def live_entries(state: Registry) -> dict[str, AppEntry]:

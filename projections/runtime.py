@@ -77,3 +77,4 @@ def _rolled_back(app: AppRuntime, ev: Envelope) -> None:
 
 
 _STEPS = {DeploySucceeded: _succeeded, RolledBack: _rolled_back}
+FOLDED = frozenset({StepStarted, *_STEPS})  # the payload types fold_runtime reacts to
