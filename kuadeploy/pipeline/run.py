@@ -219,7 +219,7 @@ class DeployRun:
             return "the app is no longer registered; nothing was switched"
         if entry.server != self.entry.server:
             return f"the app moved to server {entry.server}; nothing was switched"
-        if (entry.container.name or self.app) != self.container_name():
+        if container_name(self.app, entry) != self.container_name():
             return "the app's container was renamed; nothing was switched"
         return None
 
