@@ -14,6 +14,7 @@ from aiohttp import web
 
 from kuadeploy.config import Config
 from kuadeploy.http.app import REQUEST_LOG, make_app
+from kuadeploy.pipeline.secrets import in_use, mask
 from kuadeploy.service import Service, StartupError
 
 log = logging.getLogger("kuadeploy.serve")
@@ -22,12 +23,12 @@ log = logging.getLogger("kuadeploy.serve")
 class JsonLogFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = {"ts": self.formatTime(record), "level": record.levelname, "logger": record.name}
-        if isinstance(record.msg, dict):
+        if isinstance(record.msg, dict):  # access lines: our own fields, nothing quoted
             line.update(record.msg)
         else:
-            line["msg"] = record.getMessage()
+            line["msg"] = mask(record.getMessage(), in_use())
         if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
+            line["exc"] = mask(self.formatException(record.exc_info), in_use())
         return json.dumps(line)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kuadeploy.config import SecretsConfig
-from kuadeploy.pipeline.secrets import MARKER
+from kuadeploy.pipeline.secrets import MARKER, in_use
 from tests.deploy_support import deploy, deploy_service, register, wait_status
 
 pytestmark = pytest.mark.docker
@@ -72,6 +72,7 @@ async def test_a_migration_echoing_a_secret_records_only_the_marker(
         assert CORE not in text and MARKER in text
         live = ledger_files(data)  # while serving: the events are in ledger.db-wal
         assert any(name.endswith("-wal") for name in live), list(live)
+        assert in_use() == []  # the log masks values only while their deploy runs
     assert CORE not in caplog.text
     for files in (live, ledger_files(data)):
         for name, content in files.items():

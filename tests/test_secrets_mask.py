@@ -31,3 +31,32 @@ def test_a_marker_is_never_masked_again():
 def test_values_are_literal_and_may_span_lines():
     assert mask("a.*b a+b", [".*", "a+b"]) == f"a{MARKER}b {MARKER}"
     assert mask("begin\nline1\nline2\nend", ["line1\nline2"]) == f"begin\n{MARKER}\nend"
+
+
+def test_the_server_log_masks_the_values_of_deploys_in_progress():
+    import json
+    import logging
+    import sys
+
+    from kuadeploy.pipeline.secrets import hold, in_use, release
+    from kuadeploy.serve import JsonLogFormatter
+
+    def line(message: str) -> dict:
+        try:
+            raise RuntimeError(f"engine said: {message}")
+        except RuntimeError:
+            record = logging.LogRecord("x", logging.ERROR, "f", 1, message, (), sys.exc_info())
+        return json.loads(JsonLogFormatter().format(record))
+
+    hold(["s3cr3t-pw", "tok"])
+    hold(["tok"])  # two deploys of apps sharing a value
+    try:
+        out = line("crashed with DB_PASSWORD=s3cr3t-pw")
+        assert out["msg"] == "crashed with DB_PASSWORD=[secret]"
+        assert "s3cr3t-pw" not in out["exc"] and "[secret]" in out["exc"]
+    finally:
+        release(["s3cr3t-pw", "tok"])
+    assert in_use() == ["tok"]  # still held by the other deploy
+    release(["tok"])
+    assert in_use() == []
+    assert line("s3cr3t-pw")["msg"] == "s3cr3t-pw"  # nothing in use: nothing to mask

@@ -30,7 +30,7 @@ from kuadeploy.ledger import Ledger, NewEvent
 from kuadeploy.notify import Notifier
 from kuadeploy.pipeline.engines import EnginePool
 from kuadeploy.pipeline.globs import matching
-from kuadeploy.pipeline.secrets import SecretError, mask, resolve_env
+from kuadeploy.pipeline.secrets import SecretError, hold, mask, release, resolve_env
 from kuadeploy.pipeline.verify import VerifyFailed, verify_release
 from kuadeploy.projector import State
 from kuadeploy.selfdeploy.start import HandoffRefused, plan_handoff, wait_for_takeover
@@ -127,6 +127,8 @@ class DeployRun:
         finally:
             self.restore_recorded.set()  # nothing left to wait for
             shutil.rmtree(self.work, ignore_errors=True)
+            if self.env:
+                release(self.env.values())
 
     async def _run(self) -> None:
         if self.entry is None:
@@ -268,7 +270,7 @@ class DeployRun:
         latest = req.trigger == "webhook"
         args = (entry.repo, mirror_dir, branch, req.sha, req.force, creds, self.work, latest)
         sha = await asyncio.to_thread(_fetch_and_export, *args)
-        self.env = await resolve_env(entry.container, self.ctx.config.secrets)
+        await self._resolve_env()
         detail = {"sha": sha, "branch": branch}
         if latest and req.sha and sha != req.sha:
             detail["pushed"] = req.sha
@@ -496,8 +498,7 @@ class DeployRun:
     async def _replace_container(self, sha: str, image_id: str, deploy_id: str) -> str:
         assert self.entry is not None
         engine, name = self.engine(), self.container_name()
-        if self.env is None:
-            self.env = await resolve_env(self.entry.container, self.ctx.config.secrets)
+        env = await self._resolve_env()
         await engine.stop_container(name, timeout_s=10)
         await engine.remove_container(name, force=True)
         return await engine.start_container(
@@ -506,7 +507,7 @@ class DeployRun:
             image=image_id,
             labels=release_labels(self.app, sha, deploy_id),
             sha=sha,
-            resolved_env=self.env,
+            resolved_env=env,
         )
 
     async def emit(self, data: ev.EventData) -> None:
@@ -515,6 +516,14 @@ class DeployRun:
         await asyncio.shield(self.ctx.ledger.append([NewEvent(self.stream, data)], actor=ACTOR))
         if isinstance(data, ev.RollbackStarted):
             self.restore_recorded.set()
+
+    async def _resolve_env(self) -> dict[str, str]:
+        """The app's secret values, resolved once per run (and masked in the log)."""
+        assert self.entry is not None
+        if self.env is None:
+            self.env = await resolve_env(self.entry.container, self.ctx.config.secrets)
+            hold(self.env.values())
+        return self.env
 
     def masked(self, text: str) -> str:
         """Output we did not write, with this app's resolved secret values masked."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -15,6 +16,24 @@ from kuadeploy.config import SecretsConfig
 from kuadeploy.entry import Container, SecretRef
 
 MARKER = "[secret]"
+
+# The values resolved for deploys in progress (a count each: apps may share one). The
+# server's log formatter masks them too: a traceback may quote anything.
+_in_use: Counter[str] = Counter()
+
+
+def hold(values: Iterable[str]) -> None:
+    _in_use.update(v for v in values if v)
+
+
+def release(values: Iterable[str]) -> None:
+    _in_use.subtract(v for v in values if v)
+    for value in [v for v, n in _in_use.items() if n <= 0]:
+        del _in_use[value]
+
+
+def in_use() -> list[str]:
+    return list(_in_use)
 
 
 class SecretError(Exception):
