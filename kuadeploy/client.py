@@ -3,6 +3,7 @@ one request per command needs no event loop)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import urllib.error
@@ -64,7 +65,7 @@ class Client:
                 return
             except urllib.error.HTTPError as exc:
                 raise ClientError(_http_message(exc)) from None
-            except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            except (urllib.error.URLError, ConnectionError, TimeoutError, _BROKEN) as exc:
                 if isinstance(exc, urllib.error.URLError) and isinstance(
                     exc.reason, ConnectionRefusedError
                 ):
@@ -92,8 +93,17 @@ class Client:
             raise ClientError(f"cannot reach {self.url}: {_reason(exc.reason)}") from None
         except TimeoutError:
             raise ClientError(f"{self.url} did not answer within {self._timeout:g} s") from None
+        # urllib wraps only the errors before an answer begins
+        except (ConnectionError, http.client.IncompleteRead) as exc:
+            raise ClientError(f"{self.url} broke off its answer: {_reason(exc)}") from None
+        except _BROKEN as exc:
+            raise ClientError(f"{self.url} did not answer in HTTP: {_reason(exc)}") from None
         except json.JSONDecodeError:
             raise ClientError(f"{self.url} answered something that is not JSON") from None
+
+
+# An answer cut off or garbled mid-way (IncompleteRead, BadStatusLine, …).
+_BROKEN = http.client.HTTPException
 
 
 def _http_message(exc: urllib.error.HTTPError) -> str:
@@ -124,4 +134,4 @@ def _reason(reason: object) -> str:
         return "timed out"
     if isinstance(reason, OSError) and reason.strerror:
         return reason.strerror
-    return str(reason)
+    return " ".join(str(reason).split())[:200] or type(reason).__name__  # one line

@@ -142,3 +142,33 @@ async def test_connection_refused_says_so():
         f"kuadeploy: cannot reach http://127.0.0.1:{port}: "
         "connection refused (is the server running? check --url)\n"
     )
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"",  # closed without a word (a server killed mid-request)
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{",  # cut off mid-body
+        b"garbage\r\n\r\n",  # not HTTP
+    ],
+)
+async def test_a_dropped_or_garbled_answer_is_a_one_line_error(answer):
+    """urllib wraps only errors before the answer; the rest must not be a traceback
+    (`deploy` and `--follow` retry on a client error, never on a crash)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def serve_once() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(answer)
+
+        serving = asyncio.get_running_loop().run_in_executor(None, serve_once)
+        proc = await cli("export", "--url", f"http://127.0.0.1:{port}", "--token", "t")
+        await serving
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"kuadeploy: http://127.0.0.1:{port} ")
+    assert proc.stderr.count("\n") == 1, proc.stderr
