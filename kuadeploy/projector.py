@@ -105,7 +105,7 @@ def rebuild_state(conn: sqlite3.Connection, on_seq: Callable[[State], None] | No
     if on_seq is None:
         return fold_rows(state, conn)
     decode = events.decoder().decode
-    for _seq, _stream, _version, _type, _ts, body, _hash in reading.iter_rows(conn):
+    for body in reading.iter_bodies(conn, 0):
         fold(state, decode(body))
         on_seq(state)
     return state

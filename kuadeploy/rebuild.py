@@ -31,10 +31,10 @@ def rebuild_and_compare(conn: sqlite3.Connection) -> tuple[State, RebuildReport]
     pending = iter(snaps)
     nxt = next(pending, None)
     state, decode, n = State(), events.decoder().decode, 0
-    for seq, _stream, _version, _type, _ts, body, _hash in reading.iter_rows(conn):
+    for body in reading.iter_bodies(conn, 0):  # the seq is in each body: fetch nothing else
         fold(state, decode(body))
         n += 1
-        while nxt is not None and nxt[0] <= seq:
+        while nxt is not None and nxt[0] <= state.seq:
             differences.extend(_compare_snapshot(state, *nxt))
             nxt = next(pending, None)
     for snap in [nxt, *pending] if nxt is not None else []:

@@ -37,7 +37,7 @@ from kuadeploy.audit.merkle import (
     inclusion_proof,
     root_at,
 )
-from kuadeploy.ledger.chain import GENESIS_HASH
+from kuadeploy.ledger.chain import GENESIS_HASH, column_problem
 from kuadeploy.ledger.processes import file_of, process_pool
 from kuadeploy.ledger.reading import iter_bodies, open_readonly, read_head
 from kuadeploy.ledger.tree import advance
@@ -256,11 +256,7 @@ def _column_problem(body: bytes, kind: str, ts: str) -> str | None:
         fields = _columns_decoder.decode(body)
     except msgspec.MsgspecError:
         return None  # as before: the verifier, not this scan, reports an undecodable body
-    if fields.type != kind:
-        return f"type column {kind!r} differs from the body's {fields.type!r}"
-    if fields.ts != ts:
-        return f"ts column {ts!r} differs from the body's {fields.ts!r}"
-    return None
+    return column_problem(kind, ts, fields.type, fields.ts)
 
 
 def checkpoint_problem(

@@ -80,15 +80,20 @@ def verify_rows(rows: Iterable[Row], start: Head = GENESIS) -> VerifyResult:
             return _bad(n, prev_seq, prev_hash, seq, f"body seq {ev.seq} != row seq {seq}")
         if ev.stream != stream or ev.version != version:
             return _bad(n, prev_seq, prev_hash, seq, "body stream/version differ from the row's")
-        if type_of[type(ev)] != kind:
-            reason = f"type column {kind!r} differs from the body's {ev.type!r}"
-            return _bad(n, prev_seq, prev_hash, seq, reason)
-        if ev.ts != ts:
-            reason = f"ts column {ts!r} differs from the body's {ev.ts!r}"
-            return _bad(n, prev_seq, prev_hash, seq, reason)
+        if (problem := column_problem(kind, ts, type_of[type(ev)], ev.ts)) is not None:
+            return _bad(n, prev_seq, prev_hash, seq, problem)
         prev_seq, prev_hash = seq, stored
         n += 1
     return VerifyResult(ok=True, events=n, head=Head(prev_seq, prev_hash))
+
+
+def column_problem(kind: str, ts: str, body_kind: str, body_ts: str) -> str | None:
+    """Why the unhashed type or ts column differs from the body's, if it does."""
+    if kind != body_kind:
+        return f"type column {kind!r} differs from the body's {body_kind!r}"
+    if ts != body_ts:
+        return f"ts column {ts!r} differs from the body's {body_ts!r}"
+    return None
 
 
 def _bad(n: int, seq: int, hash_: bytes, bad: int, reason: str) -> VerifyResult:
