@@ -16,7 +16,7 @@ from kuadeploy import events
 from kuadeploy.ledger import reading
 from kuadeploy.ledger.store import Ledger, StoredEvent
 from projections.deploys import FOLDED as DEPLOYS_FOLDS
-from projections.deploys import Deploys, fold_deploys
+from projections.deploys import Deploys, DeployView, fold_deploy, fold_deploys
 from projections.pushes import FOLDED as PUSHES_FOLDS
 from projections.pushes import Pushes, fold_pushes
 from projections.registry import FOLDED as REGISTRY_FOLDS
@@ -109,6 +109,14 @@ def rebuild_state(conn: sqlite3.Connection, on_seq: Callable[[State], None] | No
         fold(state, decode(body))
         on_seq(state)
     return state
+
+
+async def read_deploy(ledger: Ledger, deploy_id: str) -> DeployView | None:
+    """A deploy folded from its stream: also one that ended and is no longer kept live."""
+    view = None
+    for stored in await ledger.read_stream(f"deploy/{deploy_id}"):
+        view = fold_deploy(view, stored.event)
+    return view
 
 
 def registry_at(conn: sqlite3.Connection, seq: int) -> Registry:

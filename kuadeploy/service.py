@@ -38,10 +38,11 @@ from kuadeploy.notify import Notifier
 from kuadeploy.pipeline.engines import EnginePool
 from kuadeploy.pipeline.run import Context
 from kuadeploy.pipeline.runner import CancelRefused, DeployRunner
-from kuadeploy.projector import Projector, load_state
+from kuadeploy.pipeline.verify import runs_release
+from kuadeploy.projector import Projector, load_state, read_deploy
 from kuadeploy.sinks.git import GitSink
 from kuadeploy.tokens import TokenBook, add_token, read_token_file
-from projections.deploys import DeployView, fold_deploy
+from projections.deploys import DeployView
 from projections.history import Change, fold_history
 from projections.runtime import last_verified, newest_first
 
@@ -327,9 +328,7 @@ class Service:
         return await self.deploy_view(deploy_id)
 
     async def deploy_view(self, deploy_id: str) -> DeployView:
-        view = None
-        for stored in await self.ledger.read_stream(f"deploy/{deploy_id}"):
-            view = fold_deploy(view, stored.event)
+        view = await read_deploy(self.ledger, deploy_id)
         if view is None:
             raise ApiError.not_found(f"deploy {deploy_id!r} not found")
         return view
@@ -379,11 +378,7 @@ class Service:
             "restart_count": state.restart_count,
             "started_at": state.started_at.isoformat() if state.started_at else None,
         }
-        out["drift"] = (
-            release is None
-            or not state.running
-            or (running_sha != release.sha or state.image_id != release.image_id)
-        )
+        out["drift"] = release is None or not runs_release(state, release.sha, release.image_id)
         return out
 
     # --- export and audit -------------------------------------------------------------

@@ -35,7 +35,7 @@ def newest_first(app: AppRuntime) -> list[Release]:
 
 
 def last_verified(app: AppRuntime | None) -> Release | None:
-    return None if app is None else app.current or app.last_verified
+    return None if app is None else app.last_verified  # set wherever `current` is
 
 
 class Runtime(msgspec.Struct):

@@ -18,14 +18,16 @@ import shutil
 
 from kuadeploy import events as ev
 from kuadeploy.adapters.docker import EngineError
-from kuadeploy.adapters.docker_specs import LABEL_SHA
 from kuadeploy.commands.deploys import new_deploy_id
+from kuadeploy.entry import container_name
 from kuadeploy.ledger import NewEvent, StoredEvent
 from kuadeploy.pipeline.run import ACTOR, Context, DeployRun
+from kuadeploy.pipeline.verify import runs_release
+from kuadeploy.projector import read_deploy
 from kuadeploy.selfdeploy.decide import handoff_of, resolve
 from kuadeploy.selfdeploy.instance import whoami
 from kuadeploy.selfdeploy.report import read_report, report_path
-from projections.deploys import DeployView, active_deploys, fold_deploy
+from projections.deploys import DeployView, active_deploys
 from projections.runtime import last_verified
 
 NOTHING_TO_RESTORE = "no verified release to restore: the app is left as it is"
@@ -106,19 +108,14 @@ class DeployRunner:
                     note = ev.DeployInterrupted(app, f"{view.reason}; {NOTHING_TO_RESTORE}")
                     await self.ctx.ledger.append([NewEvent(f"deploy/{view.id}", note)], actor=ACTOR)
                 continue
-            name = entry.container.name or app
+            name = container_name(app, entry)
             try:
                 async with asyncio.timeout(5):
                     live = await self.ctx.engines.get(entry.server).inspect_container(name)
             except (EngineError, TimeoutError, KeyError) as exc:
                 live = None  # unknown: restoring the verified release is always right
                 log.warning("recovering %s: cannot inspect %s: %s", app, name, exc)
-            if (
-                live is not None
-                and live.running
-                and live.image_id == release.image_id
-                and live.labels.get(LABEL_SHA) == release.sha
-            ):
+            if live is not None and runs_release(live, release.sha, release.image_id):
                 continue  # the verified release still runs: the switch had not got that far
             request = ev.DeployRequested(
                 app, "recovery", sha=release.sha, force=True, image_id=release.image_id
@@ -131,11 +128,8 @@ class DeployRunner:
             )  # fmt: skip
 
     async def _view(self, deploy_id: str) -> DeployView | None:
-        view = self.ctx.state().deploys.views.get(deploy_id)
-        if view is None:  # finished and no longer the app's latest: read its stream
-            for stored in await self.ctx.ledger.read_stream(f"deploy/{deploy_id}"):
-                view = fold_deploy(view, stored.event)
-        return view
+        live = self.ctx.state().deploys.views.get(deploy_id)
+        return live or await read_deploy(self.ctx.ledger, deploy_id)
 
     async def _handoff_outcome(self, deploy_id: str, handoff: dict) -> list[ev.EventData]:
         h = handoff_of(handoff)

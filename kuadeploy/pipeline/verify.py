@@ -39,6 +39,12 @@ def check_identity(state: ContainerState | None, sha: str, image_id: str) -> Non
         raise VerifyFailed(f"container restarted {state.restart_count} time(s)")
 
 
+def runs_release(state: ContainerState, sha: str, image_id: str) -> bool:
+    """Pure: the running container is that release (no drift). A quick look, unlike
+    check_identity's verdict on a new container."""
+    return state.running and state.image_id == image_id and state.labels.get(LABEL_SHA) == sha
+
+
 async def verify_release(
     engine: Engine,
     name: str,
