@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ TOKEN = "t-admin"
 
 class Server:
     def __init__(self, tmp: Path, docker: str):
+        self.tmp = tmp
         self.port = free_port()
         self.config = tmp / "kuadeploy.toml"
         self.config.write_text(
@@ -119,205 +121,175 @@ def in_step(name: str):
     return check
 
 
+@pytest.fixture
+def server(tmp_path, docker_a) -> Iterator[Server]:
+    """A started `kuadeploy serve`, stopped at the end whatever the test did to it."""
+    server = Server(tmp_path, docker_a)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize("where", ["build", "verify"])
-def test_sigkill_mid_deploy_then_restart_is_truthful(tmp_path, docker_a, sample_app, where):
-    server = Server(tmp_path, docker_a)
-    server.start()
-    try:
-        entry = sample_app.entry("a")
-        server.register(sample_app.name, entry)
-        good = server.wait(server.deploy(sample_app.name), finished)
-        assert good["status"] == "succeeded"
-        if where == "build":
-            sample_app.slow_build(30)
-        else:
-            entry["verify"]["stable_s"] = 8  # a stability window to be killed in (and recovered)
-            server.register(sample_app.name, entry)
-            sample_app.healthy(note="verify me")
-        victim = server.deploy(sample_app.name)
-        server.wait(victim, in_step(where))
-        server.kill()
-
-        server.start()
-        view = server.wait(victim, finished)
-        assert view["status"] == "interrupted" and where in view["reason"], view
-        assert not (tmp_path / "data" / "work" / victim).exists()  # cleaned at start-up
-        if where == "verify":  # an unverified release ran: the verified one is restored
-            recovery = server.wait_recovery(sample_app.name, victim)
-            assert recovery["sha"] == good["sha"] and recovery["image_id"] == good["image_id"]
-        _, rt = server.call("GET", f"/api/v1/apps/{sample_app.name}/runtime-status")
-        assert rt["release"]["sha"] == good["sha"]
-        assert rt["container"]["sha"] == good["sha"] and rt["drift"] is False
-
-        entry["verify"]["stable_s"] = 1
-        server.register(sample_app.name, entry)
-        sample_app.healthy(note="after the crash")
-        after = server.wait(server.deploy(sample_app.name), finished)
-        assert after["status"] == "succeeded" and after["sha"] == sample_app.head
-        _, rt = server.call("GET", f"/api/v1/apps/{sample_app.name}/runtime-status")
-        assert rt["drift"] is False and rt["release"]["sha"] == sample_app.head
-        _, verify = server.call("GET", "/api/v1/audit/verify?full=1")
-        assert verify["ok"] is True
-    finally:
-        server.stop()
-
-
-def test_a_deploy_queued_behind_a_killed_one_runs_after_the_restart(tmp_path, docker_a, sample_app):
-    server = Server(tmp_path, docker_a)
-    server.start()
-    try:
-        server.register(sample_app.name, sample_app.entry("a"))
-        assert server.wait(server.deploy(sample_app.name), finished)["status"] == "succeeded"
+def test_sigkill_mid_deploy_then_restart_is_truthful(server, sample_app, where):
+    entry = sample_app.entry("a")
+    server.register(sample_app.name, entry)
+    good = server.wait(server.deploy(sample_app.name), finished)
+    assert good["status"] == "succeeded"
+    if where == "build":
         sample_app.slow_build(30)
-        victim = server.deploy(sample_app.name)
-        server.wait(victim, in_step("build"))
-        sample_app.healthy(note="queued behind the slow build")
-        queued = server.deploy(sample_app.name)
-        _, view = server.call("GET", f"/api/v1/deploys/{queued}")
-        assert view["status"] == "queued", view
-        server.kill()
+    else:
+        entry["verify"]["stable_s"] = 8  # a stability window to be killed in (and recovered)
+        server.register(sample_app.name, entry)
+        sample_app.healthy(note="verify me")
+    victim = server.deploy(sample_app.name)
+    server.wait(victim, in_step(where))
+    server.kill()
 
-        server.start()  # no request after this: the queue resumes by itself
-        assert server.wait(victim, finished)["status"] == "interrupted"
-        view = server.wait(queued, finished)
-        assert view["status"] == "succeeded" and view["sha"] == sample_app.head, view
-        _, rt = server.call("GET", f"/api/v1/apps/{sample_app.name}/runtime-status")
-        assert rt["container"]["sha"] == sample_app.head and rt["drift"] is False
-    finally:
-        server.stop()
-
-
-def test_sigterm_mid_build_stops_promptly_and_records_the_interruption(
-    tmp_path, docker_a, sample_app
-):
-    server = Server(tmp_path, docker_a)
     server.start()
-    try:
-        server.register(sample_app.name, sample_app.entry("a"))
-        good = server.wait(server.deploy(sample_app.name), finished)
-        sample_app.slow_build(30)
-        victim = server.deploy(sample_app.name)
-        server.wait(victim, in_step("build"))
-        started = time.time()
-        server.stop()  # SIGTERM: finish what is quick, record what is cut short
-        assert server.proc.returncode == 0 and time.time() - started < 15
-        server.start()
-        view = server.wait(victim, finished)
-        assert view["status"] == "interrupted" and "stopped during build" in view["reason"]
-        _, rt = server.call("GET", f"/api/v1/apps/{sample_app.name}/runtime-status")
-        assert rt["container"]["sha"] == good["sha"] and rt["drift"] is False
-    finally:
-        server.stop()
+    view = server.wait(victim, finished)
+    assert view["status"] == "interrupted" and where in view["reason"], view
+    assert not (server.tmp / "data" / "work" / victim).exists()  # cleaned at start-up
+    if where == "verify":  # an unverified release ran: the verified one is restored
+        recovery = server.wait_recovery(sample_app.name, victim)
+        assert recovery["sha"] == good["sha"] and recovery["image_id"] == good["image_id"]
+    _, rt = server.call("GET", f"/api/v1/apps/{sample_app.name}/runtime-status")
+    assert rt["release"]["sha"] == good["sha"]
+    assert rt["container"]["sha"] == good["sha"] and rt["drift"] is False
+
+    entry["verify"]["stable_s"] = 1
+    server.register(sample_app.name, entry)
+    sample_app.healthy(note="after the crash")
+    after = server.wait(server.deploy(sample_app.name), finished)
+    assert after["status"] == "succeeded" and after["sha"] == sample_app.head
+    _, rt = server.call("GET", f"/api/v1/apps/{sample_app.name}/runtime-status")
+    assert rt["drift"] is False and rt["release"]["sha"] == sample_app.head
+    _, verify = server.call("GET", "/api/v1/audit/verify?full=1")
+    assert verify["ok"] is True
+
+
+def test_a_deploy_queued_behind_a_killed_one_runs_after_the_restart(server, sample_app):
+    server.register(sample_app.name, sample_app.entry("a"))
+    assert server.wait(server.deploy(sample_app.name), finished)["status"] == "succeeded"
+    sample_app.slow_build(30)
+    victim = server.deploy(sample_app.name)
+    server.wait(victim, in_step("build"))
+    sample_app.healthy(note="queued behind the slow build")
+    queued = server.deploy(sample_app.name)
+    _, view = server.call("GET", f"/api/v1/deploys/{queued}")
+    assert view["status"] == "queued", view
+    server.kill()
+
+    server.start()  # no request after this: the queue resumes by itself
+    assert server.wait(victim, finished)["status"] == "interrupted"
+    view = server.wait(queued, finished)
+    assert view["status"] == "succeeded" and view["sha"] == sample_app.head, view
+    _, rt = server.call("GET", f"/api/v1/apps/{sample_app.name}/runtime-status")
+    assert rt["container"]["sha"] == sample_app.head and rt["drift"] is False
+
+
+def test_sigterm_mid_build_stops_promptly_and_records_the_interruption(server, sample_app):
+    server.register(sample_app.name, sample_app.entry("a"))
+    good = server.wait(server.deploy(sample_app.name), finished)
+    sample_app.slow_build(30)
+    victim = server.deploy(sample_app.name)
+    server.wait(victim, in_step("build"))
+    started = time.time()
+    server.stop()  # SIGTERM: finish what is quick, record what is cut short
+    assert server.proc.returncode == 0 and time.time() - started < 15
+    server.start()
+    view = server.wait(victim, finished)
+    assert view["status"] == "interrupted" and "stopped during build" in view["reason"]
+    _, rt = server.call("GET", f"/api/v1/apps/{sample_app.name}/runtime-status")
+    assert rt["container"]["sha"] == good["sha"] and rt["drift"] is False
 
 
 @pytest.mark.parametrize("stream_open", [False, True])
 def test_sigterm_at_a_held_gate_stops_promptly_and_records_the_interruption(
-    tmp_path, docker_a, sample_app, stream_open
+    server, sample_app, stream_open
 ):
-    server = Server(tmp_path, docker_a)
-    server.start()
-    try:
-        server.register(sample_app.name, sample_app.entry("a"))
-        sample_app.add_migration()  # approval "required": the first deploy holds
-        victim = server.deploy(sample_app.name)
-        server.wait(victim, lambda view: view["status"] == "awaiting_approval")
-        # Without a stream the runner's cancel lands as the closed notifier wakes the
-        # gate; an open stream keeps the shutdown busy long enough for the gate to see
-        # the closed notifier first. Each timing once hung the server.
-        with contextlib.ExitStack() as stack:
-            if stream_open:
-                req = urllib.request.Request(f"http://127.0.0.1:{server.port}/api/v1/events/stream")
-                req.add_header("Authorization", f"Bearer {TOKEN}")
-                stack.enter_context(urllib.request.urlopen(req, timeout=10))
-            started = time.time()
-            server.stop(timeout=10)
-        assert server.proc.returncode == 0 and time.time() - started < 10
-        server.start()  # recorded by the stopping server, not by the restart
-        view = server.wait(victim, finished)
-        assert view["status"] == "interrupted", view
-        assert "stopped during migration_gate" in view["reason"], view
-        assert ("migration_gate", "failed") in [(s["name"], s["status"]) for s in view["steps"]]
-    finally:
-        server.stop()
+    server.register(sample_app.name, sample_app.entry("a"))
+    sample_app.add_migration()  # approval "required": the first deploy holds
+    victim = server.deploy(sample_app.name)
+    server.wait(victim, lambda view: view["status"] == "awaiting_approval")
+    # Without a stream the runner's cancel lands as the closed notifier wakes the
+    # gate; an open stream keeps the shutdown busy long enough for the gate to see
+    # the closed notifier first. Each timing once hung the server.
+    with contextlib.ExitStack() as stack:
+        if stream_open:
+            req = urllib.request.Request(f"http://127.0.0.1:{server.port}/api/v1/events/stream")
+            req.add_header("Authorization", f"Bearer {TOKEN}")
+            stack.enter_context(urllib.request.urlopen(req, timeout=10))
+        started = time.time()
+        server.stop(timeout=10)
+    assert server.proc.returncode == 0 and time.time() - started < 10
+    server.start()  # recorded by the stopping server, not by the restart
+    view = server.wait(victim, finished)
+    assert view["status"] == "interrupted", view
+    assert "stopped during migration_gate" in view["reason"], view
+    assert ("migration_gate", "failed") in [(s["name"], s["status"]) for s in view["steps"]]
 
 
-def test_sigterm_mid_verify_restores_the_verified_release_at_the_next_start(
-    tmp_path, docker_a, sample_app
-):
+def test_sigterm_mid_verify_restores_the_verified_release_at_the_next_start(server, sample_app):
     """A stop skips the rollback to be quick; the next start makes up for it."""
-    server = Server(tmp_path, docker_a)
+    entry = sample_app.entry("a")
+    server.register(sample_app.name, entry)
+    good = server.wait(server.deploy(sample_app.name), finished)
+    entry["verify"]["stable_s"] = 8
+    server.register(sample_app.name, entry)
+    sample_app.healthy(note="verify me")
+    victim = server.deploy(sample_app.name)
+    server.wait(victim, in_step("verify"))
+    server.stop()
+    assert server.proc.returncode == 0
     server.start()
-    try:
-        entry = sample_app.entry("a")
-        server.register(sample_app.name, entry)
-        good = server.wait(server.deploy(sample_app.name), finished)
-        entry["verify"]["stable_s"] = 8
-        server.register(sample_app.name, entry)
-        sample_app.healthy(note="verify me")
-        victim = server.deploy(sample_app.name)
-        server.wait(victim, in_step("verify"))
-        server.stop()
-        assert server.proc.returncode == 0
-        server.start()
-        view = server.wait(victim, finished)
-        assert view["status"] == "interrupted" and "stopped during verify" in view["reason"]
-        recovery = server.wait_recovery(sample_app.name, victim)
-        assert recovery["sha"] == good["sha"]
-        _, rt = server.call("GET", f"/api/v1/apps/{sample_app.name}/runtime-status")
-        assert rt["container"]["sha"] == good["sha"] and rt["drift"] is False
-    finally:
-        server.stop()
+    view = server.wait(victim, finished)
+    assert view["status"] == "interrupted" and "stopped during verify" in view["reason"]
+    recovery = server.wait_recovery(sample_app.name, victim)
+    assert recovery["sha"] == good["sha"]
+    _, rt = server.call("GET", f"/api/v1/apps/{sample_app.name}/runtime-status")
+    assert rt["container"]["sha"] == good["sha"] and rt["drift"] is False
 
 
 @pytest.mark.parametrize("how", ["sigkill", "sigterm"])
-def test_interrupted_first_release_says_there_is_nothing_to_restore(
-    tmp_path, docker_a, sample_app, how
-):
-    server = Server(tmp_path, docker_a)
+def test_interrupted_first_release_says_there_is_nothing_to_restore(server, sample_app, how):
+    entry = sample_app.entry("a")
+    entry["verify"]["stable_s"] = 8
+    server.register(sample_app.name, entry)
+    victim = server.deploy(sample_app.name)
+    server.wait(victim, in_step("verify"))
+    server.kill() if how == "sigkill" else server.stop()
     server.start()
-    try:
-        entry = sample_app.entry("a")
-        entry["verify"]["stable_s"] = 8
-        server.register(sample_app.name, entry)
-        victim = server.deploy(sample_app.name)
-        server.wait(victim, in_step("verify"))
-        server.kill() if how == "sigkill" else server.stop()
-        server.start()
-        view = server.wait(victim, finished)
-        assert view["status"] == "interrupted", view
-        assert "no verified release to restore" in view["reason"], view
-        _, latest = server.call("GET", f"/api/v1/apps/{sample_app.name}/progress")
-        assert latest["id"] == victim  # no recovery deploy queued
-        server.stop()
-        server.start()  # said once, not at every start
-        _, view = server.call("GET", f"/api/v1/deploys/{victim}")
-        assert view["reason"].count("no verified release") == 1, view
-    finally:
-        server.stop()
+    view = server.wait(victim, finished)
+    assert view["status"] == "interrupted", view
+    assert "no verified release to restore" in view["reason"], view
+    _, latest = server.call("GET", f"/api/v1/apps/{sample_app.name}/progress")
+    assert latest["id"] == victim  # no recovery deploy queued
+    server.stop()
+    server.start()  # said once, not at every start
+    _, view = server.call("GET", f"/api/v1/deploys/{victim}")
+    assert view["reason"].count("no verified release") == 1, view
 
 
-def test_sigterm_during_a_cancels_rollback_records_one_interruption(tmp_path, docker_a, sample_app):
-    server = Server(tmp_path, docker_a)
-    server.start()
-    try:
-        entry = sample_app.entry("a")
-        entry["verify"]["stable_s"] = 4  # the rollback's verify waits this: SIGTERM lands in it
-        server.register(sample_app.name, entry)
-        server.wait(server.deploy(sample_app.name), finished)
-        sample_app.health_status(500)
-        victim = server.deploy(sample_app.name)
-        server.wait(victim, in_step("verify"))
-        status, _ = server.call("POST", f"/api/v1/deploys/{victim}/cancel")
-        assert status == 200
-        server.wait(victim, in_step("rollback"))
-        server.stop()
-        assert server.proc.returncode == 0
-        server.start()  # recorded by the stopping server, not by the restart
-        view = server.wait(victim, finished)
-        assert view["status"] == "interrupted", view
-        assert "stopped during rollback" in view["reason"], view
-        _, page = server.call("GET", "/api/v1/events?limit=1000")
-        types = [e["type"] for e in page["events"] if e["stream"] == f"deploy/{victim}"]
-        assert types[-2:] == ["StepFailed", "DeployInterrupted"], types
-    finally:
-        server.stop()
+def test_sigterm_during_a_cancels_rollback_records_one_interruption(server, sample_app):
+    entry = sample_app.entry("a")
+    entry["verify"]["stable_s"] = 4  # the rollback's verify waits this: SIGTERM lands in it
+    server.register(sample_app.name, entry)
+    server.wait(server.deploy(sample_app.name), finished)
+    sample_app.health_status(500)
+    victim = server.deploy(sample_app.name)
+    server.wait(victim, in_step("verify"))
+    status, _ = server.call("POST", f"/api/v1/deploys/{victim}/cancel")
+    assert status == 200
+    server.wait(victim, in_step("rollback"))
+    server.stop()
+    assert server.proc.returncode == 0
+    server.start()  # recorded by the stopping server, not by the restart
+    view = server.wait(victim, finished)
+    assert view["status"] == "interrupted", view
+    assert "stopped during rollback" in view["reason"], view
+    _, page = server.call("GET", "/api/v1/events?limit=1000")
+    types = [e["type"] for e in page["events"] if e["stream"] == f"deploy/{victim}"]
+    assert types[-2:] == ["StepFailed", "DeployInterrupted"], types
