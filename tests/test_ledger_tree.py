@@ -3,6 +3,7 @@ answerable before it is flushed, and whole again after a crash or on an old ledg
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sqlite3
 
@@ -17,7 +18,7 @@ from kuadeploy.audit.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from kuadeploy.ledger import Ledger
+from kuadeploy.ledger import Ledger, store
 from kuadeploy.ledger.tree import STORED_FROM_LEVEL, advance
 from tests.support import register
 
@@ -233,3 +234,43 @@ async def test_two_writers_on_one_file_keep_their_trees_right(path):
     assert led.tree == reference(bodies)
     assert await led.read_tree(root_at, 30) == reference(bodies[:30]).root()
     await led.close()
+
+
+def stored_nodes(bodies: list[bytes]) -> dict[tuple[int, int], bytes]:
+    _, nodes = TreeState().append([leaf_hash(b) for b in bodies])
+    return {(n.level, n.index): n.hash for n in nodes if n.level >= STORED_FROM_LEVEL}
+
+
+async def test_a_batch_on_the_commit_thread_moves_the_tree_only_if_it_lands(path, monkeypatch):
+    """The tree step runs while the commit thread fsyncs; a batch whose commit fails
+    leaves no trace in the tree or the node cache, even for leaves never reached again."""
+    real, failing = store._insert_rows, []
+
+    def insert(conn: sqlite3.Connection, rows: list[tuple]) -> float:
+        if failing:
+            failing.clear()
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(conn, rows)
+
+    monkeypatch.setattr(store, "_insert_rows", insert)
+    led = await Ledger.open(path)
+
+    async def burst(count: int, tag: str) -> list[bytes]:
+        # appenders that start together: one batch, committed on the commit thread
+        results = await asyncio.gather(
+            *(led.append([register(f"a{i % 5}", f"{tag}{i}")], actor="t") for i in range(count)),
+            return_exceptions=True,
+        )
+        return [r[0].body for r in results if not isinstance(r, BaseException)]
+
+    bodies = await burst(20, "x")
+    assert len(bodies) == 20 and max(led.batch_sizes) > 1
+    failing.append(True)
+    assert await burst(40, "lost") == []  # leaves 20..59, completing nodes up to 48
+    assert led.tree == reference(bodies)
+    bodies += await burst(10, "y")
+    assert led.tree == reference(bodies)
+    assert await led.read_tree(root_at, len(bodies)) == reference(bodies).root()
+    await led.close()
+    table = rows(path, "SELECT level, idx, hash FROM merkle_nodes")
+    assert {(level, idx): h for level, idx, h in table} == stored_nodes(bodies)

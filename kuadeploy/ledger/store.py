@@ -37,6 +37,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from hashlib import sha256
 from typing import Any, NamedTuple, TypeVar
 
@@ -409,16 +410,21 @@ class Ledger:
             if not rows:
                 _fail(conflicts)
                 return
+            committed = [ev for _, stored, _ in staged for ev in stored]
+            nodes: dict[tuple[int, int], bytes] = {}  # kept only if the commit lands
+            tree_step = partial(advance, self._tree, [ev.body for ev in committed], nodes)
             try:
-                await self._insert(rows, alone=len(staged) == 1 and self._queue.empty())
+                tree = await self._insert(
+                    rows, alone=len(staged) == 1 and self._queue.empty(), meanwhile=tree_step
+                )
             except sqlite3.IntegrityError:
                 # Another process appended since we read the head: re-read and retry.
                 self._reload()
                 continue
-            committed = [ev for _, stored, _ in staged for ev in stored]
             last = committed[-1]
             self._head = Head(last.seq, last.hash)
-            self._tree = advance(self._tree, [ev.body for ev in committed], self._pending_nodes)
+            self._tree = tree
+            self._pending_nodes.update(nodes)
             self._last_ts = last.event.ts
             for ev in committed:
                 self._versions[ev.event.stream] = ev.event.version
@@ -479,19 +485,35 @@ class Ledger:
         """Run a timed write on the loop, or on the commit thread while the disk is slow."""
         if inline if inline is not None else not self._threaded:
             return fn(self._writer, *args)
+        return await self._loop.run_in_executor(self._commit_thread(), fn, self._writer, *args)
+
+    def _commit_thread(self) -> ThreadPoolExecutor:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="ledger-commit")
-        return await self._loop.run_in_executor(self._executor, fn, self._writer, *args)
+        return self._executor
 
-    async def _insert(self, rows: list[tuple], alone: bool) -> None:
+    async def _insert(self, rows: list[tuple], alone: bool, meanwhile: Callable[[], T]) -> T:
+        """Commit `rows`, running `meanwhile()` on the loop while the commit thread fsyncs."""
         # Inline only for a lone request: with others waiting, the commit thread lets
         # the loop prepare the next batch while this one is fsynced.
-        elapsed = await self._run(_insert_rows, rows, inline=alone and not self._threaded)
+        if alone and not self._threaded:
+            elapsed = _insert_rows(self._writer, rows)
+            result = meanwhile()
+        else:
+            thread = self._commit_thread()
+            future = self._loop.run_in_executor(thread, _insert_rows, self._writer, rows)
+            # Hand the GIL over so the statement starts now (sqlite3 releases the GIL
+            # while it writes and fsyncs), not when the loop next blocks; `meanwhile`
+            # then runs during the fsync instead of after it (64 writers: +8 %).
+            time.sleep(0)
+            result = meanwhile()
+            elapsed = await future
         self._commit_ewma = 0.8 * self._commit_ewma + 0.2 * elapsed
         if self._threaded and self._commit_ewma < _FAST_COMMIT_S:
             self._threaded = False
         elif not self._threaded and self._commit_ewma > _SLOW_COMMIT_S:
             self._threaded = True
+        return result
 
     def _load_versions(self, streams: set[str]) -> None:
         missing = [s for s in streams if s not in self._versions]
