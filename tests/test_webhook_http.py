@@ -134,6 +134,22 @@ async def test_repo_secret_and_default_secret_both_verify_but_never_for_another_
     assert len(await webhook_events(api)) == 2
 
 
+async def test_a_repo_secret_never_deploys_another_repo_through_its_urls(tmp_path, stalled_forge):  # noqa: F811
+    # The holder of kua/blog's own secret signs a delivery that names kua/blog (as it
+    # must) but carries kua/web's URLs: kua/web's apps are matched by URL, not name.
+    hooks = WebhookConfig(secret=SECRET, repos={"kua/blog": "blog-only-secret"})
+    async with running(make_config(tmp_path, webhook=hooks)) as api:
+        api.forge_url = stalled_forge
+        await track(api, forge_repo=None)
+        await track(api, "web-named", container={"name": "web-named"})
+        spoof = ForgeRepo("kua/blog", base=stalled_forge).push(sha1())
+        web = ForgeRepo("kua/web", base=stalled_forge)
+        spoof["repository"].update(clone_url=web.clone_url, html_url=web.html_url)
+        skips = await ignored(api, deliver("push", spoof, "blog-only-secret"))
+        assert skips == [{"reason": "repository kua/blog is not tracked by any app"}]
+        assert await requested(api) == []
+
+
 # --- what never reaches the ledger ---------------------------------------------------
 
 

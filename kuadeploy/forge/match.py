@@ -32,9 +32,12 @@ def repo_key(url: str) -> str:
 
 def apps_of_repo(entries: dict[str, AppEntry], repo: Repository) -> dict[str, AppEntry]:
     """The entries that track `repo`: their `forge_repo` names it, or their `repo` is
-    one of its URLs."""
+    one of its URLs. Only URLs that end in its `full_name` count, as the forge makes
+    them: the signature binds a repo's own secret to that name only, and the URLs
+    beside it are whatever the signer wrote — another repository's, even."""
     name = repo.full_name.casefold()
     urls = {repo_key(u) for u in (repo.clone_url, repo.ssh_url, repo.html_url) if u.strip()}
+    urls = {key for key in urls if key.endswith("/" + repo.full_name.lower())}  # as repo_key
     return {
         app: entry
         for app, entry in entries.items()
