@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from kuadeploy import events as ev
+from kuadeploy.ledger import NewEvent
 from tests.api_support import entry_doc, make_config, running
 
 
@@ -53,3 +55,28 @@ async def test_deploy_body_that_is_not_utf8_is_400(tmp_path, path: str, field: s
         assert status == 400, body
         assert resp.content_type == "application/problem+json"
         assert await api.head_seq() == head
+
+
+@pytest.mark.parametrize("to", ["", "b", "bbb", "zzzz"])
+async def test_rollback_to_that_is_not_a_sha_prefix_is_422(tmp_path, to: str) -> None:
+    # "" (an empty --to "$SHA") is a prefix of every SHA: it "rolled back" to the
+    # newest release — the one running — and answered 202.
+    async with running(make_config(tmp_path)) as api:
+        await api.call("PUT", "/api/v1/apps/web", json=entry_doc())
+        for n, sha in enumerate(("a" * 40, "b" * 40)):
+            image = f"sha256:{n}" + "0" * 63
+            await api.service.ledger.append(
+                [
+                    NewEvent(f"deploy/d-{n}", ev.DeployRequested(app="web", trigger="api"), 0),
+                    NewEvent(f"deploy/d-{n}", ev.DeployStarted(app="web", sha=sha)),
+                    NewEvent(f"deploy/d-{n}", ev.DeploySucceeded("web", sha, image)),
+                ],
+                actor="test",
+            )
+        head = await api.head_seq()
+        status, body, _ = await api.call("POST", "/api/v1/apps/web/rollback", json={"to": to})
+        assert status == 422, body
+        assert body["errors"][0]["path"] == "$.to"
+        assert await api.head_seq() == head
+        status, body, _ = await api.call("POST", "/api/v1/apps/web/rollback", json={"to": "aaaa"})
+        assert status == 202, body

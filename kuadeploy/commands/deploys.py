@@ -163,6 +163,8 @@ def decide_rollback(app: str, runtime: Runtime, to: str | None, keep: int) -> tu
     releases = newest_first(state)[:keep] if state is not None else []
     if to is not None:
         to = to.lower()
+        if not SHA.fullmatch(to):  # "" or "b" is a prefix of the running release's SHA too
+            raise ApiError.invalid_one("$.to", "to must be 4 to 64 hex digits", _INVALID)
         for release in releases:
             if _same(release.sha, to):
                 return release.sha, release.image_id
