@@ -69,6 +69,15 @@ class _Callbacks(pygit2.RemoteCallbacks):
         raise GitError(f"{url}: no configured credential fits (allowed: {allowed_types!r})")
 
 
+def set_timeouts(seconds: float) -> None:
+    """Bound each connect and each read of a fetch: libgit2 waits forever on a server
+    that accepts and never answers. Process-wide (libgit2 has no per-remote knob)."""
+    ms = max(1, round(seconds * 1000))
+    if pygit2.settings.server_timeout != ms or pygit2.settings.server_connect_timeout != ms:
+        pygit2.settings.server_connect_timeout = ms
+        pygit2.settings.server_timeout = ms
+
+
 class Mirror:
     """A bare local copy of one remote repository."""
 

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 import shutil
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -24,10 +25,11 @@ from kuadeploy import events as ev
 from kuadeploy.adapters import git
 from kuadeploy.adapters.docker import BuildFailed, EngineError
 from kuadeploy.adapters.docker_specs import BUILD_ARG_SHA, LABEL_APP, release_labels
-from kuadeploy.config import Config, GitCredentials
+from kuadeploy.config import Config
 from kuadeploy.entry import AppEntry, container_name
 from kuadeploy.ledger import Ledger, NewEvent
 from kuadeploy.notify import Notifier
+from kuadeploy.pipeline import source
 from kuadeploy.pipeline.engines import EnginePool
 from kuadeploy.pipeline.globs import matching
 from kuadeploy.pipeline.secrets import SecretError, hold, mask, release, resolve_env
@@ -84,6 +86,7 @@ class DeployRun:
         # `restore_recorded` is set once RollbackStarted is in the ledger.
         self.restoring = False
         self.restore_recorded = asyncio.Event()
+        self.run_ended = threading.Event()  # seen by this run's worker threads
         self.ended = False  # a terminal event was appended: never append a second
         # self-deploy: from the hand-off record on, no user cancel; once the transient
         # container runs, the outcome is the next instance's to record, not ours
@@ -126,6 +129,7 @@ class DeployRun:
                 await self.emit(ev.DeployFailed(self.app, reason, self.step_name))
         finally:
             self.restore_recorded.set()  # nothing left to wait for
+            self.run_ended.set()  # a fetch thread still running cleans up after itself
             shutil.rmtree(self.work, ignore_errors=True)
             if self.env:
                 release(self.env.values())
@@ -264,12 +268,13 @@ class DeployRun:
         if branch != entry.branch and not req.force:
             raise ValueError(f"ref {branch!r} is not the app's branch {entry.branch!r} (use force)")
         mirror_dir = self.ctx.data_dir / "repos" / self.app
-        creds = _credentials(entry.repo, self.ctx.config.git.credentials)
+        creds = source.credentials(entry.repo, self.ctx.config.git.credentials)
         # A push deploys the branch head it leads to: a late or replayed push must not
         # put its older commit over a newer one (latest wins).
         latest = req.trigger == "webhook"
+        timeout = self._t("fetch")
         args = (entry.repo, mirror_dir, branch, req.sha, req.force, creds, self.work, latest)
-        sha = await asyncio.to_thread(_fetch_and_export, *args)
+        sha = await asyncio.to_thread(source.fetch_and_export, *args, timeout, self.run_ended)
         await self._resolve_env()
         detail = {"sha": sha, "branch": branch}
         if latest and req.sha and sha != req.sha:
@@ -287,7 +292,7 @@ class DeployRun:
         async def hold() -> tuple[list[str], dict]:
             old = self.previous.sha if self.previous else None
             mirror = self.ctx.data_dir / "repos" / self.app
-            changed = await asyncio.to_thread(_changed_paths, mirror, old, sha)
+            changed = await asyncio.to_thread(source.changed_paths, mirror, old, sha)
             touched = matching(changed, migrations.paths)
             detail: dict[str, Any] = {"touched": touched[:50], "since": old}
             if not touched or migrations.approval == "auto":
@@ -562,52 +567,3 @@ def _uncancel() -> None:
     task = asyncio.current_task()
     if task is not None:
         task.uncancel()
-
-
-def _credentials(url: str, table: dict[str, GitCredentials]) -> git.Credentials | None:
-    best = max((prefix for prefix in table if url.startswith(prefix)), key=len, default=None)
-    if best is None:
-        return None
-    c = table[best]
-    return git.Credentials(
-        ssh_key=c.ssh_key,
-        ssh_pubkey=c.ssh_pubkey,
-        ssh_passphrase=c.ssh_passphrase,
-        token=c.token,
-        username=c.username,
-    )
-
-
-def _fetch_and_export(
-    url: str,
-    mirror_dir: Path,
-    branch: str,
-    sha: str | None,
-    force: bool,
-    creds: git.Credentials | None,
-    work: Path,
-    latest: bool = False,
-) -> str:
-    """Mirror, resolve and export the commit to deploy; with `latest`, a `sha` on the
-    branch stands for the branch head (it is that commit or a newer one)."""
-    mirror_dir.parent.mkdir(parents=True, exist_ok=True)
-    mirror = git.Mirror.sync(url, mirror_dir, creds)
-    if sha is None:
-        sha = mirror.branch_head(branch)
-    else:
-        sha = mirror.commit_of(sha)
-        if not force and not mirror.on_branch(sha, branch):
-            raise ValueError(f"{sha} is not on branch {branch} (use force to deploy it anyway)")
-        if latest and not force:
-            sha = mirror.branch_head(branch)
-    shutil.rmtree(work, ignore_errors=True)
-    mirror.export(sha, work / "src")
-    return sha
-
-
-def _changed_paths(mirror_dir: Path, old: str | None, new: str) -> list[str]:
-    mirror = git.Mirror.open(mirror_dir)
-    try:
-        return mirror.changed_paths(old, new)
-    except git.RefNotFound:  # the old release is gone from the repo: treat all as changed
-        return mirror.changed_paths(None, new)
