@@ -23,7 +23,12 @@ def canonical_time(text: str) -> str:
         raise AtError(f"not an RFC 3339 time: {text[:60]!r}") from exc
     if when.tzinfo is None:
         raise AtError(f"time {text[:60]!r} has no UTC offset (RFC 3339 needs one, e.g. Z)")
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    try:  # 0001-01-01T00:00:00+01:00 is valid RFC 3339, yet its UTC day is in year 0
+        utc = when.astimezone(UTC)
+    except OverflowError:
+        raise AtError(f"time {text[:60]!r} is outside the years 1 to 9999 in UTC") from None
+    # isoformat pads the year to four digits (strftime's %Y does not), so it compares as text
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def resolve_at(conn: sqlite3.Connection, at: str, now: str) -> int:

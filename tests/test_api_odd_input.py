@@ -80,3 +80,14 @@ async def test_rollback_to_that_is_not_a_sha_prefix_is_422(tmp_path, to: str) ->
         assert await api.head_seq() == head
         status, body, _ = await api.call("POST", "/api/v1/apps/web/rollback", json={"to": "aaaa"})
         assert status == 202, body
+
+
+@pytest.mark.parametrize("at", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+async def test_export_at_time_outside_the_calendar_in_utc_is_422(tmp_path, at: str) -> None:
+    # valid RFC 3339, but its UTC instant falls outside year 1..9999
+    async with running(make_config(tmp_path)) as api:
+        await api.call("PUT", "/api/v1/apps/web", json=entry_doc())
+        query = at.replace("+", "%2B")
+        status, body, resp = await api.call("GET", f"/api/v1/registry/export?at={query}")
+        assert status == 422, body
+        assert resp.content_type == "application/problem+json"
