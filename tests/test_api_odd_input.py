@@ -91,3 +91,18 @@ async def test_export_at_time_outside_the_calendar_in_utc_is_422(tmp_path, at: s
         status, body, resp = await api.call("GET", f"/api/v1/registry/export?at={query}")
         assert status == 422, body
         assert resp.content_type == "application/problem+json"
+
+
+@pytest.mark.parametrize("last_id", ["9" * 30, "²", "1_0", "٣"])
+async def test_sse_last_event_id_takes_only_ascii_seqs(tmp_path, last_id: str) -> None:
+    # a clean 400 before the stream starts, not a stream that dies on a traceback
+    async with running(make_config(tmp_path)) as api:
+        await api.call("PUT", "/api/v1/apps/web", json=entry_doc(repo=str(tmp_path / "no.git")))
+        status, body, _ = await api.call("POST", "/api/v1/apps/web/deploy", json={})
+        assert status == 202, body
+        for path in ["/api/v1/events/stream", f"/api/v1/deploys/{body['deploy_id']}/stream"]:
+            status, problem, resp = await api.call(
+                "GET", path, role="reader", headers={"Last-Event-ID": last_id}
+            )
+            assert status == 400, (path, problem)
+            assert resp.content_type == "application/problem+json"

@@ -98,3 +98,16 @@ def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -
     if not lo <= value <= hi:
         raise ApiError.bad_request(f"{name} must be between {lo} and {hi}")
     return value
+
+
+def last_event_id(request: web.Request, default: int) -> int:
+    """Where an SSE stream resumes: `Last-Event-ID`, else `?after=`, else `default`.
+    ASCII digits within SQLite's range (int() also takes "٣", "1_0" and 30 digits,
+    which then broke the stream after its headers were sent)."""
+    raw = request.headers.get("Last-Event-ID") or request.query.get("after")
+    if not raw:
+        return default
+    raw = raw.strip()
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        raise ApiError.bad_request("Last-Event-ID must be a seq")
+    return int(raw)

@@ -8,7 +8,14 @@ from aiohttp import web
 
 from kuadeploy.commands.deploys import DeployRequest, Requested, RollbackRequest
 from kuadeploy.errors import ApiError
-from kuadeploy.http.common import json_response, principal, read_body, requires, service
+from kuadeploy.http.common import (
+    json_response,
+    last_event_id,
+    principal,
+    read_body,
+    requires,
+    service,
+)
 from kuadeploy.http.ledger import event_json, sse
 from projections.deploys import ACTIVE
 
@@ -86,9 +93,7 @@ async def deploy_view(request: web.Request) -> web.Response:
 async def deploy_stream(request: web.Request) -> web.StreamResponse:
     svc, deploy_id = service(request), request.match_info["id"]
     await svc.deploy_view(deploy_id)  # 404 before the stream starts
-    last = request.headers.get("Last-Event-ID") or request.query.get("after") or "0"
-    if not last.isdigit():
-        raise ApiError.bad_request("Last-Event-ID must be a seq")
+    after = last_event_id(request, 0)
     stream = f"deploy/{deploy_id}"
 
     def finished() -> bool:
@@ -101,7 +106,7 @@ async def deploy_stream(request: web.Request) -> web.StreamResponse:
     def render(stored):
         return event_json(stored)
 
-    return await sse(request, int(last), fetch, render, finished)
+    return await sse(request, after, fetch, render, finished)
 
 
 @routes.post("/api/v1/deploys/{id}/approve")

@@ -6,8 +6,14 @@ import msgspec
 from aiohttp import web
 
 from kuadeploy import GIT_SHA, __version__
-from kuadeploy.errors import ApiError
-from kuadeploy.http.common import flag, int_param, json_response, requires, service
+from kuadeploy.http.common import (
+    flag,
+    int_param,
+    json_response,
+    last_event_id,
+    requires,
+    service,
+)
 from kuadeploy.ledger import StoredEvent
 
 routes = web.RouteTableDef()
@@ -56,11 +62,7 @@ async def events_page(request: web.Request) -> web.Response:
 @requires("reader")
 async def events_stream(request: web.Request) -> web.StreamResponse:
     svc = service(request)
-    last_id = request.headers.get("Last-Event-ID") or request.query.get("after")
-    try:
-        after = int(last_id) if last_id else svc.ledger.head.seq
-    except ValueError:
-        raise ApiError.bad_request("Last-Event-ID must be a seq") from None
+    after = last_event_id(request, svc.ledger.head.seq)
     return await sse(request, after, lambda a: svc.ledger.read(a, 500), event_json)
 
 
