@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shlex
+import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +17,7 @@ import pytest
 from kuadeploy import events as ev
 from kuadeploy.ledger import Ledger, NewEvent
 from kuadeploy.projector import Projector, State
-from tests.support import register, run_cli
+from tests.support import ROOT, register, run_cli
 
 TIMES = [f"2026-03-0{d}T10:00:00.000000Z" for d in range(1, 8)]
 
@@ -112,3 +117,50 @@ def test_a_snapshot_from_another_chain_is_not_loaded(data_dir):
 def test_missing_ledger_is_a_clear_error(tmp_path):
     proc = run_cli("audit", "verify", "--data-dir", str(tmp_path / "nope"))
     assert proc.returncode == 2 and "no ledger here" in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["audit", "verify"], ["export"], ["history", "web"], ["rebuild"]])
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path, args):
+    (tmp_path / "ledger.db").write_bytes(b"not sqlite at all " * 512)
+    proc = run_cli(*args, "--data-dir", str(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    assert "not a database" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def _read_only(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    """`kuadeploy ARGS` with `data_dir` on a read-only mount (a backup on read-only
+    media, a `:ro` volume): root ignores file modes, so a bind mount it is."""
+    if not shutil.which("unshare"):
+        pytest.skip("needs unshare for a read-only mount")
+    d = shlex.quote(str(data_dir))
+    script = f'mount --bind {d} {d} && mount -o remount,bind,ro {d} && exec "$@"'
+    probe = subprocess.run(["unshare", "--mount", "sh", "-c", script, "sh", "true"], check=False)
+    if probe.returncode != 0:
+        pytest.skip("no read-only bind mount here")
+    full = [sys.executable, "-m", "kuadeploy", *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script, "sh", *full],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "out"),
+    [
+        (["export", "--at", "3"], '"seq": 3'),
+        (["history", "web"], "AppRegistered"),
+        (["rebuild"], "ok: rebuilt 5 events"),
+    ],
+)
+def test_offline_commands_read_a_ledger_on_read_only_media(data_dir, args, out):
+    # A WAL ledger closed cleanly has no -wal/-shm; SQLite cannot make the -shm there.
+    assert not (data_dir / "ledger.db-wal").exists()
+    proc = _read_only(data_dir, *args, "--data-dir", str(data_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert out in proc.stdout

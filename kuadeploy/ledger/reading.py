@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
+from urllib.parse import quote
 
 from kuadeploy.ledger.chain import GENESIS, Head, Row
 from kuadeploy.ledger.schema import SchemaError, check_readable
@@ -19,9 +20,24 @@ _FETCH = 4096
 def open_readonly(path: str) -> sqlite3.Connection:
     if not os.path.exists(path):
         raise SchemaError(f"{path}: no ledger here")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-    conn.execute("PRAGMA busy_timeout = 10000")
     try:
+        try:
+            return _open(path, "mode=ro")
+        except sqlite3.OperationalError:
+            # A WAL ledger on read-only media (a backup, a `:ro` volume): SQLite cannot
+            # make the -shm file there. With no -wal file there is no writer either
+            # (one would have made it), so the file can be read as immutable.
+            if os.path.exists(f"{path}-wal") or os.access(os.path.dirname(path) or ".", os.W_OK):
+                raise
+            return _open(path, "mode=ro&immutable=1")
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "unable to open…"
+        raise SchemaError(f"{path}: cannot read the ledger: {exc}") from None
+
+
+def _open(path: str, params: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(f"file:{quote(path)}?{params}", uri=True, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout = 10000")
         check_readable(conn, path)
     except BaseException:
         conn.close()
