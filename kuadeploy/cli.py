@@ -63,7 +63,10 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"FAILED: {checked.problem}")
         return 1
-    save_trusted(config.data_dir, result.head)
+    try:
+        save_trusted(config.data_dir, result.head)
+    except OSError as exc:  # read-only media, say: the verdict stands, the next run is full
+        print(f"kuadeploy: verified point not recorded: {exc.strerror}", file=sys.stderr)
     if not args.json:
         scope = "from event 1" if start.seq == 0 else f"after trusted seq {start.seq}"
         print(

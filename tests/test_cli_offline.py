@@ -164,3 +164,20 @@ def test_offline_commands_read_a_ledger_on_read_only_media(data_dir, args, out):
     proc = _read_only(data_dir, *args, "--data-dir", str(data_dir))
     assert proc.returncode == 0, proc.stderr
     assert out in proc.stdout
+
+
+def test_audit_verify_on_read_only_media_gives_the_verdict(data_dir):
+    # The chain verifies; failing to record the verified point must not turn that
+    # into exit 1 ("verification failed") with a traceback.
+    proc = _read_only(data_dir, "audit", "verify", "--full", "--data-dir", str(data_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert "ok: 5 events verified from event 1" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_garbled_verified_point_means_verifying_from_event_1(data_dir):
+    (data_dir / "audit").mkdir()
+    (data_dir / "audit" / "verified.json").write_text('{"seq": 3, "hash": "zz"}')
+    proc = run_cli("audit", "verify", "--data-dir", str(data_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert "ok: 5 events verified from event 1" in proc.stdout

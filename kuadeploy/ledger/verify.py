@@ -120,9 +120,9 @@ def trusted_path(data_dir: str) -> Path:
 def load_trusted(data_dir: str) -> Head:
     try:
         point = msgspec.json.decode(trusted_path(data_dir).read_bytes(), type=TrustedPoint)
-    except (FileNotFoundError, msgspec.DecodeError, msgspec.ValidationError):
-        return GENESIS
-    return Head(point.seq, bytes.fromhex(point.hash))
+        return Head(point.seq, bytes.fromhex(point.hash))
+    except (FileNotFoundError, msgspec.DecodeError, msgspec.ValidationError, ValueError):
+        return GENESIS  # nothing usable recorded: verify from event 1
 
 
 def save_trusted(data_dir: str, head: Head) -> None:
