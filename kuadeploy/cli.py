@@ -24,7 +24,7 @@ from kuadeploy.ledger.store import utc_now
 from kuadeploy.ledger.verify import load_trusted, save_trusted, verify_ledger
 from kuadeploy.rebuild import rebuild_and_compare
 from kuadeploy.service import StartupError
-from kuadeploy.tokens import add_token
+from kuadeploy.tokens import add_token, tokens_path
 from projections.history import Change, fold_history
 
 
@@ -199,8 +199,14 @@ def cmd_self_handoff(args: argparse.Namespace) -> int:
 
 def cmd_token_add(args: argparse.Namespace) -> int:
     config = _offline_config(args)
-    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
-    token = add_token(config.data_dir, args.actor, args.role)
+    try:
+        Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+        token = add_token(config.data_dir, args.actor, args.role)
+    except OSError as exc:  # not a directory, read-only, no permission
+        why = "not a directory" if isinstance(exc, FileExistsError) else exc.strerror
+        raise CliError(f"cannot store the token in {config.data_dir}: {why}") from None
+    except msgspec.MsgspecError as exc:  # left as it is: it holds the other tokens
+        raise CliError(f"{tokens_path(config.data_dir)} is not a token file: {exc}") from None
     print(token)
     print(f"token for {args.actor} ({args.role}) created; only its hash is stored", file=sys.stderr)
     return 0

@@ -181,3 +181,25 @@ def test_a_garbled_verified_point_means_verifying_from_event_1(data_dir):
     proc = run_cli("audit", "verify", "--data-dir", str(data_dir))
     assert proc.returncode == 0, proc.stderr
     assert "ok: 5 events verified from event 1" in proc.stdout
+
+
+def test_token_add_problems_are_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    garbled = tmp_path / "garbled"
+    garbled.mkdir()
+    (garbled / "tokens.json").write_text("{bad")
+    for data_dir, says in [(tmp_path / "file", "file"), (garbled, "tokens.json")]:
+        proc = run_cli("token", "add", "ci", "--role", "reader", "--data-dir", str(data_dir))
+        assert proc.returncode == 2, proc.stderr
+        assert says in proc.stderr and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""
+    assert (garbled / "tokens.json").read_text() == "{bad"  # left for a person to mend
+
+
+def test_token_add_on_a_read_only_data_dir_is_one_line(data_dir):
+    proc = _read_only(
+        data_dir, "token", "add", "ci", "--role", "reader", "--data-dir", str(data_dir)
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Read-only file system" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""  # no token printed that was never stored
