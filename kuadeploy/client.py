@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 DEFAULT_TIMEOUT_S = 30.0
 
@@ -23,6 +23,12 @@ class Client:
     def __init__(self, url: str, token: str | None, timeout: float = DEFAULT_TIMEOUT_S):
         if not url.startswith(("http://", "https://")):
             raise ClientError(f"--url {url!r} must start with http:// or https://")
+        try:  # urllib raises these only at the request, as ValueErrors past our handlers
+            parts = urlsplit(url)
+            if not parts.hostname or parts.port == 0:
+                raise ValueError("no host or port")
+        except ValueError as exc:
+            raise ClientError(f"--url {url!r} is not a valid URL ({exc})") from None
         if not token:
             raise ClientError("no token: pass --token or set KUA_TOKEN")
         self.url = url.rstrip("/")

@@ -172,3 +172,10 @@ async def test_a_dropped_or_garbled_answer_is_a_one_line_error(answer):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"kuadeploy: http://127.0.0.1:{port} ")
     assert proc.stderr.count("\n") == 1, proc.stderr
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://127.0.0.1:99999", "http://"])
+async def test_a_malformed_url_is_a_one_line_error(url):
+    proc = await cli("export", "--url", url, "--token", "t")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"kuadeploy: --url {url!r}") and proc.stderr.count("\n") == 1
