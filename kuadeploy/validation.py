@@ -100,12 +100,26 @@ def _check_struct(obj: Any, cls: type, path: str) -> list[Problem]:
         if isinstance(field.type, inspect.StructType):
             problems.extend(_check_struct(obj[name], field.type.cls, here))
             continue
-        try:
-            msgspec.convert(obj[name], _python_type(cls, name))
-        except msgspec.ValidationError as exc:
-            message, _, where = str(exc).partition(" - at `$")
-            problems.append(Problem(here + where.rstrip("`"), message))
+        problems.extend(_check_value(obj[name], _python_type(cls, name), here))
     return problems
+
+
+def _check_value(value: Any, tp: Any, path: str) -> list[Problem]:
+    """Problems of one field's value. Item by item in a dict or list (env, volumes,
+    build_args): msgspec would stop at the first bad one and call its key `[...]`."""
+    origin = typing.get_origin(tp)
+    if origin is dict and isinstance(value, dict):
+        item = typing.get_args(tp)[1]
+        return [p for k, v in value.items() for p in _check_value(v, item, f"{path}.{k}")]
+    if origin is list and isinstance(value, list):
+        item = typing.get_args(tp)[0]
+        return [p for i, v in enumerate(value) for p in _check_value(v, item, f"{path}[{i}]")]
+    try:
+        msgspec.convert(value, tp)
+    except msgspec.ValidationError as exc:
+        message, _, where = str(exc).partition(" - at `$")
+        return [Problem(path + where.rstrip("`"), message)]
+    return []
 
 
 @functools.cache

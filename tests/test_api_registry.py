@@ -355,3 +355,25 @@ async def test_concurrent_deploy_requests_for_one_sha_queue_one_deploy(api, tmp_
     ids = {r[1]["deploy_id"] for r in results}
     assert len(ids) == 1, results
     assert sorted(r[0] for r in results) == [200] * 9 + [202]
+
+
+async def test_422_lists_every_problem_inside_env_volumes_and_build_args(api):
+    # msgspec stops at a container's first bad item: each item is a problem of its own
+    doc = entry_doc(
+        container={
+            "env": {"OK": "1", "DB": {"secret": ""}, "API": {"secret": "x", "extra": 1}},
+            "volumes": ["/a:/a", 1, 2],
+        },
+        build_args={"A": 1, "B": "2", "C": None},
+    )
+    _status, body, resp = await api.call("PUT", "/api/v1/apps/web", json=doc)
+    assert is_problem(resp, body, 422)
+    assert [e["path"] for e in body["errors"]] == [
+        "$.build_args.A",
+        "$.build_args.C",
+        "$.container.env.API",  # "Object contains unknown field `extra`"
+        "$.container.env.DB.secret",
+        "$.container.volumes[1]",
+        "$.container.volumes[2]",
+    ], body["errors"]
+    assert await api.head_seq() == 0
