@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 from msgspec import inspect
 
-from kuadeploy.adapters.docker_specs import BUILD_ARG_SHA
+from kuadeploy.adapters.docker_specs import BUILD_ARG_SHA, parse_port
 from kuadeploy.entry import AppEntry
 
 APP_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -139,10 +139,10 @@ def _python_type(cls: type, name: str) -> Any:
 
 
 # The values DESIGN §5's rules look at: server, branch, dockerfile, context, migration
-# paths, build argument names, health URL, env names. None (or empty) where a field is
+# paths, build argument names, health URL, env names, ports. None (or empty) where a field is
 # absent or of the wrong type: that is the schema's problem, listed on its own.
 _Text = str | None
-_Values = tuple[_Text, _Text, _Text, _Text, list, Iterable, _Text, Iterable]
+_Values = tuple[_Text, _Text, _Text, _Text, list, Iterable, _Text, Iterable, list]
 
 
 def _entry_values(e: AppEntry) -> _Values:
@@ -156,6 +156,7 @@ def _entry_values(e: AppEntry) -> _Values:
         e.build_args,
         e.verify.health_url,
         e.container.env,
+        e.container.ports,
     )
 
 
@@ -176,7 +177,7 @@ def _document_values(obj: dict) -> _Values:
         value = get(*keys)
         return list(value) if isinstance(value, dict) else []
 
-    paths = get("migrations", "paths")
+    paths, ports = get("migrations", "paths"), get("container", "ports")
     return (
         text("server"),
         text("branch"),
@@ -186,12 +187,15 @@ def _document_values(obj: dict) -> _Values:
         names("build_args"),
         text("verify", "health_url"),
         names("container", "env"),
+        ports if isinstance(ports, list) else [],
     )
 
 
 def _check_rules(values: _Values, servers: set[str]) -> list[Problem]:
     """DESIGN §5 rules, for every field whose type is right."""
-    server, branch, dockerfile, context, migration_paths, build_args, health_url, env = values
+    server, branch, dockerfile, context, migration_paths, build_args, health_url, env, ports = (
+        values
+    )
     problems = []
     if server is not None and server not in servers:
         known = ", ".join(sorted(servers)) or "none"
@@ -215,6 +219,12 @@ def _check_rules(values: _Values, servers: set[str]) -> list[Problem]:
     for key in env:
         if not _NAME.fullmatch(key):
             problems.append(Problem(f"$.container.env.{key}", "not a valid variable name"))
+    for i, spec in enumerate(ports):  # as the deploy parses them: else it fails at recreate
+        try:
+            if isinstance(spec, str):
+                parse_port(spec)
+        except ValueError as exc:
+            problems.append(Problem(f"$.container.ports[{i}]", str(exc)))
     return problems
 
 

@@ -377,3 +377,17 @@ async def test_422_lists_every_problem_inside_env_volumes_and_build_args(api):
         "$.container.volumes[2]",
     ], body["errors"]
     assert await api.head_seq() == 0
+
+
+async def test_ports_are_checked_at_registration(api):
+    # else the deploy fails only at recreate, after the running container was stopped
+    bad = ["abc", "80:99999", "0", "8080:80/xyz", "1.2.3.4::80", "", "8O"]
+    doc = entry_doc(container={"ports": ["80", "127.0.0.1:8080:80", "53:53/udp", *bad]})
+    _status, body, resp = await api.call("PUT", "/api/v1/apps/web", json=doc)
+    assert is_problem(resp, body, 422)
+    assert [e["path"] for e in body["errors"]] == [
+        f"$.container.ports[{i}]" for i in range(3, 3 + len(bad))
+    ], body["errors"]
+    good = entry_doc(container={"ports": ["80", "127.0.0.1:8080:80", "53:53/udp", "[::1]:81:81"]})
+    status, body, _ = await api.call("PUT", "/api/v1/apps/web", json=good)
+    assert status == 201, body

@@ -57,8 +57,11 @@ def parse_port(spec: str) -> tuple[str, dict[str, str] | None]:
     if proto not in ("tcp", "udp", "sctp"):
         raise ValueError(f"port {spec!r}: protocol must be tcp, udp or sctp")
     parts = rest.rsplit(":", 2)
-    if not all(p.isdigit() for p in parts[-2:]) or (len(parts) == 3 and not parts[0]):
+    numbers = parts[-2:]
+    if not all(p.isascii() and p.isdigit() for p in numbers) or (len(parts) == 3 and not parts[0]):
         raise ValueError(f"port {spec!r}: expected [ip:][host_port:]container_port[/proto]")
+    if not 0 < int(parts[-1]) <= 65535 or int(numbers[0]) > 65535:  # host port 0: any free one
+        raise ValueError(f"port {spec!r}: port numbers run from 1 to 65535")
     exposed = f"{parts[-1]}/{proto}"
     if len(parts) == 1:
         return exposed, None
