@@ -8,12 +8,15 @@ import json
 import logging
 import signal
 import socket
+import sqlite3
 import sys
 
+import msgspec
 from aiohttp import web
 
 from kuadeploy.config import Config
 from kuadeploy.http.app import REQUEST_LOG, make_app
+from kuadeploy.ledger import SchemaError
 from kuadeploy.pipeline.secrets import in_use, mask
 from kuadeploy.service import Service, StartupError
 
@@ -80,6 +83,11 @@ async def serve(config: Config, *, accept_ledger_rewind: bool = False) -> None:
     sock = bind(config.listen)
     try:
         service = await Service.open(config, accept_ledger_rewind=accept_ledger_rewind)
+    except (OSError, sqlite3.DatabaseError, SchemaError, msgspec.DecodeError) as exc:
+        # a data dir that is a file or read-only, a ledger that is no database, a
+        # garbled tokens.json: the user's to mend, so one line (exit 2), no traceback
+        sock.close()
+        raise StartupError(f"data dir {config.data_dir}: {exc}") from exc
     except BaseException:
         sock.close()
         raise

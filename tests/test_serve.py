@@ -177,3 +177,34 @@ def test_serve_refuses_a_rewound_ledger_and_accepts_it_when_told(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
+
+
+def _serve_once(data_dir: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KUA_DATA_DIR": str(data_dir)}
+    env["KUA_LISTEN"] = f"127.0.0.1:{free_port()}"
+    env.pop("KUA_CONFIG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "kuadeploy", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=data_dir.parent,
+    )
+
+
+@pytest.mark.parametrize("case", ["ledger-not-a-database", "data-dir-is-a-file", "tokens-garbled"])
+def test_an_unusable_data_dir_stops_serve_with_one_line(tmp_path, case):
+    data = tmp_path / "data"
+    if case == "data-dir-is-a-file":
+        data.write_text("x")
+    else:
+        data.mkdir()
+        if case == "ledger-not-a-database":
+            (data / "ledger.db").write_bytes(b"not sqlite at all " * 512)
+        else:
+            (data / "tokens.json").write_text("{bad")
+    proc = _serve_once(data)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("kuadeploy: cannot start: ")
