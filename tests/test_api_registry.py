@@ -209,6 +209,31 @@ async def test_dry_runs_write_nothing_and_predict_the_real_result(api):
     assert status == 404
 
 
+@pytest.mark.parametrize(
+    "query", ["dry_run", "dry_run=", "dry_run=on", "dry_run=TRUE", "x=1&dry_run"]
+)
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE"])
+async def test_every_spelling_of_dry_run_writes_nothing(api, method, query):
+    # `?dry_run` alone went ahead as a real write: only 1/true/yes counted
+    await api.call("PUT", "/api/v1/apps/web", json=entry_doc())
+    doc = {"PUT": entry_doc("rel"), "PATCH": {"branch": "rel"}, "DELETE": None}[method]
+    status, dry, _ = await api.call(method, f"/api/v1/apps/web?{query}", json=doc)
+    assert status == 200 and dry["dry_run"] is True, dry
+    assert await api.head_seq() == 1
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", "yes please"])
+async def test_a_dry_run_value_that_means_neither_is_400_and_writes_nothing(api, value):
+    await api.call("PUT", "/api/v1/apps/web", json=entry_doc())
+    for method, doc in (("PATCH", {"branch": "rel"}), ("DELETE", None)):
+        status, body, resp = await api.call(method, f"/api/v1/apps/web?dry_run={value}", json=doc)
+        assert is_problem(resp, body, 400), body
+        assert "dry_run" in body["detail"]
+    status, body, _ = await api.call("GET", "/api/v1/audit/verify?full=maybe", role="reader")
+    assert status == 400, body
+    assert await api.head_seq() == 1
+
+
 async def test_if_none_match_creates_only(api):
     hdrs = {"If-None-Match": "*"}
     status, _, _ = await api.call("PUT", "/api/v1/apps/web", json=entry_doc(), headers=hdrs)

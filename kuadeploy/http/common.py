@@ -82,10 +82,22 @@ async def read_json(
         raise ApiError.bad_request(f"malformed JSON: {exc}") from exc
 
 
+_TRUE, _FALSE = ("", "1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def flag(request: web.Request, name: str) -> bool:
+    """A yes/no query parameter; a bare `?name` is yes. Anything else is a 400: a
+    `?dry_run=y` that went ahead as a real write would be the costly way to learn."""
     if not request.query_string:  # the usual case: no query to parse
         return False
-    return request.query.get(name, "").lower() in ("1", "true", "yes")
+    raw = request.query.get(name)
+    if raw is None:
+        return False
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ApiError.bad_request(f"{name} must be 1 or 0, not {raw[:40]!r}")
 
 
 def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:

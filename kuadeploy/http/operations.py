@@ -117,6 +117,8 @@ def op(
             codes.add(403)
     if body is not None:
         codes.update((400, 413, 415))
+    if any(p["in"] == "query" for p in params):
+        codes.add(400)  # a malformed parameter
     responses = dict(answers)
     for code in sorted(codes):
         responses[str(code)] = {"$ref": f"#/components/responses/{PROBLEMS[code][0]}"}
