@@ -272,6 +272,39 @@ def slow_commits(api, monkeypatch) -> dict[str, int]:
     return seen
 
 
+@pytest.mark.parametrize(
+    ("if_match", "status"),
+    [('"1"', 200), ('"7", "1"', 200), ("*", 200), ('W/"1"', 412), ('"2"', 412), ("W/*", 412)],
+)
+async def test_if_match_compares_strongly(api, if_match, status):
+    # RFC 9110 §13.1.1: If-Match uses the strong comparison, a weak tag never matches
+    await api.call("PUT", "/api/v1/apps/web", json=entry_doc())
+    hdrs = {"If-Match": if_match}
+    got, body, _ = await api.call("PATCH", "/api/v1/apps/web", json={"branch": "x"}, headers=hdrs)
+    assert got == status, body
+    assert await api.head_seq() == (2 if status == 200 else 1)
+
+
+@pytest.mark.parametrize(
+    ("if_none_match", "status"),
+    [
+        ("*", 412),
+        ('"1"', 412),
+        ('W/"1"', 412),
+        ('"5", "1"', 412),
+        ('"2"', 200),
+        ('"2", W/"3"', 200),
+    ],
+)
+async def test_if_none_match_with_etags_guards_a_put(api, if_none_match, status):
+    # only `*` was honoured: a list of tags was ignored and the PUT went ahead
+    await api.call("PUT", "/api/v1/apps/web", json=entry_doc())
+    hdrs = {"If-None-Match": if_none_match}
+    got, body, _ = await api.call("PUT", "/api/v1/apps/web", json=entry_doc("x"), headers=hdrs)
+    assert got == status, body
+    assert await api.head_seq() == (2 if status == 200 else 1)
+
+
 async def test_hundred_concurrent_patches_with_the_same_if_match(api, monkeypatch):
     await api.call("PUT", "/api/v1/apps/web", json=entry_doc())
     seen = slow_commits(api, monkeypatch)

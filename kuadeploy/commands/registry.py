@@ -142,13 +142,12 @@ def _check_target(app: str, current: AppState | None, pre: Preconditions) -> App
     if problems := check_app_name(app):
         raise ApiError.invalid(problems)
     exists = current is not None and current.entry is not None
-    if pre.if_none_match is not None and pre.if_none_match.strip() == "*" and exists:
-        raise ApiError.precondition(f"app {app!r} already exists (If-None-Match: *)")
-    if pre.if_match is not None:
-        version = current.version if current and exists else None
-        if not etag_matches(pre.if_match, version):
-            have = f'"{version}"' if version is not None else "no entry"
-            raise ApiError.precondition(f"If-Match {pre.if_match} does not match ({have})")
+    version = current.version if current and exists else None
+    if pre.if_none_match is not None and etag_matches(pre.if_none_match, version, weak=True):
+        raise ApiError.precondition(f"app {app!r} matches If-None-Match {pre.if_none_match}")
+    if pre.if_match is not None and not etag_matches(pre.if_match, version):
+        have = f'"{version}"' if version is not None else "no entry"
+        raise ApiError.precondition(f"If-Match {pre.if_match} does not match ({have})")
     return current.entry if current else None
 
 
@@ -156,12 +155,20 @@ def etag(version: int) -> str:
     return f'"{version}"'
 
 
-def etag_matches(header: str, version: int | None) -> bool:
-    """RFC 9110 §13.1.1: `*` matches any current entry, else one of the listed tags."""
+def etag_matches(header: str, version: int | None, weak: bool = False) -> bool:
+    """RFC 9110 §13.1: `*` matches any current entry, else one of the listed tags.
+    If-Match compares strongly (a weak tag, `W/"3"`, never matches), If-None-Match
+    weakly (`weak`)."""
     if version is None:
         return False
-    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
-    return any(t == "*" or t.strip('"') == str(version) for t in tags)
+    for tag in (t.strip() for t in header.split(",")):
+        if tag == "*":
+            return True
+        if tag.startswith("W/") and not weak:
+            continue
+        if tag.removeprefix("W/").strip('"') == str(version):
+            return True
+    return False
 
 
 async def execute(

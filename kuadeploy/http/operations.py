@@ -52,7 +52,10 @@ IF_MATCH = param(
     "If-Match", "header", {"type": "string"}, 'Only if the entry\'s ETag is one of these ("*": any)'
 )
 IF_NONE_MATCH = param(
-    "If-None-Match", "header", {"type": "string", "enum": ["*"]}, "`*`: create only"
+    "If-None-Match",
+    "header",
+    {"type": "string"},
+    "`*`: create only; ETags: only if the entry's is none of them (weak comparison)",
 )
 LAST_EVENT_ID = param(
     "Last-Event-ID", "header", {"type": "string", "pattern": "^[0-9]+$"}, "Resume after this seq"
