@@ -311,6 +311,7 @@ class Service:
             )
         try:
             if not await self.runner.cancel(deploy_id, f"cancelled by {actor}"):
+                view = await self.deploy_view(deploy_id)  # it may have ended meanwhile
                 try:
                     await self.ledger.append(dep.decide_cancel(view, deploy_id), actor=actor)
                 except ConflictError:  # it just started: stop the run instead

@@ -113,6 +113,8 @@ class DeployRun:
             _uncancel()  # we own this cancellation: finish the bookkeeping
             if self.handed_off:
                 return  # stopped by the hand-off itself: the next instance records it
+            if self.ended:
+                return  # stopped while pruning after its outcome: that outcome stands
             try:
                 await self._stopped()
             except asyncio.CancelledError:  # shutdown while a cancel's rollback ran

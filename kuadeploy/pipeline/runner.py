@@ -194,8 +194,8 @@ class DeployRunner:
         if entry is None:
             return False
         run, task = entry
-        if run.in_handoff:
-            return False
+        if run.in_handoff or run.ended:
+            return False  # a deploy with its outcome recorded is not cancelled any more
         if run.stop_reason is not None:  # one cancel acts; another would cut its restore
             raise CancelRefused(f"is already being cancelled ({run.stop_reason})")
         if run.restoring:
