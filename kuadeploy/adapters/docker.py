@@ -443,8 +443,7 @@ class Engine:
         settings = one_off_settings(settings, command)
         env = container_env(settings, resolved_env or {}, sha)
         body = create_body(settings, image=image, labels=labels, env=env)
-        app = labels.get(LABEL_APP, "once")
-        name = f"{app}-once-{uuid.uuid4().hex[:12]}"
+        name = f"{one_off_prefix(labels.get(LABEL_APP, 'once'))}{uuid.uuid4().hex[:12]}"
         async with self._calling("one-off container"):
             try:
                 container = await self._docker.containers.create(body, name=name)
@@ -462,6 +461,11 @@ class Engine:
             finally:
                 await asyncio.shield(self.remove_container(container.id, force=True))
         return OneOffResult(exit_code=int(result["StatusCode"]), output="".join(lines))
+
+
+def one_off_prefix(app: str) -> str:
+    """How the names of `run_once` containers of `app` begin."""
+    return f"{app}-once-"
 
 
 def _failure(error: aiodocker.DockerError, what: str, kind: type[EngineError]) -> EngineError:

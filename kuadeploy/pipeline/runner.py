@@ -17,7 +17,8 @@ import logging
 import shutil
 
 from kuadeploy import events as ev
-from kuadeploy.adapters.docker import EngineError
+from kuadeploy.adapters.docker import EngineError, one_off_prefix
+from kuadeploy.adapters.docker_specs import LABEL_DEPLOY
 from kuadeploy.commands.deploys import new_deploy_id
 from kuadeploy.entry import container_name
 from kuadeploy.ledger import NewEvent, StoredEvent
@@ -81,6 +82,24 @@ class DeployRunner:
         for deploy_id, batch in batches:
             await self.ctx.ledger.append(batch, actor=ACTOR)
             report_path(self.ctx.config, deploy_id).unlink(missing_ok=True)  # recorded now
+            await self._remove_one_offs(self.ctx.state().deploys.views.get(deploy_id))
+
+    async def _remove_one_offs(self, view: DeployView | None) -> None:
+        """A migration's one-off container outlives a killed kuadeploy and goes on
+        migrating on its own, where the next deploy would run a second migration
+        beside it: remove what the interrupted deploy left."""
+        current = self.ctx.state().registry.apps.get(view.app) if view else None
+        if view is None or current is None or current.entry is None:
+            return
+        prefix = one_off_prefix(view.app)
+        try:
+            engine = self.ctx.engines.get(current.entry.server)
+            async with asyncio.timeout(15):
+                for leftover in await engine.list_containers({LABEL_DEPLOY: view.id}):
+                    if leftover.name.startswith(prefix):
+                        await engine.remove_container(leftover.id, force=True)
+        except (EngineError, TimeoutError, KeyError) as exc:
+            log.warning("deploy %s: cannot remove its one-off containers: %s", view.id, exc)
 
     def _unrestorable(self, view: DeployView) -> bool:
         """The deploy's switch began, and there is no verified release to go back to."""
