@@ -88,6 +88,7 @@ class DeployRun:
         self.restore_recorded = asyncio.Event()
         self.run_ended = threading.Event()  # seen by this run's worker threads
         self.ended = False  # a terminal event was appended: never append a second
+        self.began = False  # run() is under way: a cancel now reaches its handlers
         # self-deploy: from the hand-off record on, no user cancel; once the transient
         # container runs, the outcome is the next instance's to record, not ours
         self.in_handoff = False
@@ -107,6 +108,7 @@ class DeployRun:
     # --- the whole run ----------------------------------------------------------------
 
     async def run(self) -> None:
+        self.began = True
         try:
             await self._run()
         except asyncio.CancelledError:

@@ -222,6 +222,8 @@ class DeployRunner:
                 "is rolling back to the last verified release; the restore is not interrupted"
             )
         run.stop_reason = reason
+        while not run.began:  # a task cancelled before its first step runs no handler
+            await asyncio.sleep(0)
         task.cancel()
         recorded = asyncio.ensure_future(run.restore_recorded.wait())
         try:  # asyncio.wait, not gather: a caller that goes away must not cancel the run
