@@ -114,9 +114,30 @@ class Mirror:
     def fetch(self, credentials: Credentials | None = None) -> None:
         remote = self.repo.remotes["origin"]
         try:
-            remote.fetch([_REFSPEC], callbacks=_Callbacks(credentials), prune=FetchPrune.PRUNE)
+            try:
+                remote.fetch([_REFSPEC], callbacks=_Callbacks(credentials), prune=FetchPrune.PRUNE)
+            except pygit2.GitError:
+                # A branch deleted on the forge whose name became a directory of a new
+                # one (`release` -> `release/v2`) makes the fetch fail before it prunes,
+                # on every later fetch too: prune first, then fetch again.
+                if not self._prune_stale(remote, credentials):
+                    raise
+                remote.fetch([_REFSPEC], callbacks=_Callbacks(credentials), prune=FetchPrune.PRUNE)
         except (pygit2.GitError, OSError, ValueError) as e:
             raise GitError(f"fetch {remote.url}: {_explained(e, remote.url)}") from e
+
+    def _prune_stale(self, remote: pygit2.Remote, credentials: Credentials | None) -> bool:
+        """Delete the remote-tracking branches the remote no longer has; whether any."""
+        heads = {head.name for head in remote.list_heads(callbacks=_Callbacks(credentials))}
+        prefix = "refs/remotes/origin/"
+        stale = [
+            name
+            for name in self.repo.references
+            if name.startswith(prefix) and f"refs/heads/{name.removeprefix(prefix)}" not in heads
+        ]
+        for name in stale:
+            self.repo.references.delete(name)
+        return bool(stale)
 
     def branch_head(self, branch: str) -> str:
         ref = self.repo.references.get(f"refs/remotes/origin/{branch}")
