@@ -163,11 +163,14 @@ def decide_rollback(app: str, runtime: Runtime, to: str | None, keep: int) -> tu
     releases = newest_first(state)[:keep] if state is not None else []
     if to is not None:
         to = to.lower()
-        if not SHA.fullmatch(to):  # "" or "b" is a prefix of the running release's SHA too
+        if not SHA.fullmatch(to):  # "" would match every release: the newest, the current
             raise ApiError.invalid_one("$.to", "to must be 4 to 64 hex digits", _INVALID)
-        for release in releases:
-            if _same(release.sha, to):
-                return release.sha, release.image_id
+        matches = [release for release in releases if _same(release.sha, to)]
+        if len({release.sha for release in matches}) > 1:
+            shas = ", ".join(sorted({release.sha[:12] for release in matches}))
+            raise ApiError.conflict(f"{to} matches several retained releases of {app}: {shas}")
+        if matches:  # the same SHA built again: its newest image
+            return matches[0].sha, matches[0].image_id
         raise ApiError.not_found(f"no retained release of {app} matches {to}")
     current = state.current if state is not None else None
     last = last_verified(state)

@@ -94,7 +94,7 @@ class DeployRunner:
         prefix = one_off_prefix(view.app)
         try:
             engine = self.ctx.engines.get(current.entry.server)
-            async with asyncio.timeout(15):
+            async with asyncio.timeout(5):  # start-up waits for this
                 for leftover in await engine.list_containers({LABEL_DEPLOY: view.id}):
                     if leftover.name.startswith(prefix):
                         await engine.remove_container(leftover.id, force=True)
@@ -222,8 +222,8 @@ class DeployRunner:
                 "is rolling back to the last verified release; the restore is not interrupted"
             )
         run.stop_reason = reason
-        while not run.began:  # a task cancelled before its first step runs no handler
-            await asyncio.sleep(0)
+        while not run.began and not task.done():  # cancelled before its first step, a
+            await asyncio.sleep(0)  # task runs no handler: let run() begin first
         task.cancel()
         recorded = asyncio.ensure_future(run.restore_recorded.wait())
         try:  # asyncio.wait, not gather: a caller that goes away must not cancel the run
