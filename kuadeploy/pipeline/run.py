@@ -484,7 +484,16 @@ class DeployRun:
             await self.emit(ev.RolledBack(self.app, prev.sha, prev.image_id, True, detail))
 
     async def prune(self) -> None:
-        """Keep the images of the newest `keep_releases` releases; remove older ones."""
+        """Keep the images of the newest `keep_releases` releases; remove older ones.
+        Housekeeping: bounded like a step (an engine that accepts and never answers
+        would keep the deploy 'running', or the app's queue blocked, for good)."""
+        try:
+            async with asyncio.timeout(self._t("recreate")):
+                await self._prune()
+        except TimeoutError:
+            log.warning("pruning images of %s: no answer from the engine in time", self.app)
+
+    async def _prune(self) -> None:
         assert self.entry is not None
         runtime = self.ctx.state().runtime.apps.get(self.app)
         if runtime is None:
