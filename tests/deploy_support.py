@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +78,24 @@ def health_body(app) -> str:
 
 def step_names(view: dict) -> list[tuple[str, str]]:
     return [(s["name"], s["status"]) for s in view["steps"]]
+
+
+@contextlib.contextmanager
+def when_recorded(
+    api: Api, kind: type, act: Callable[[str], Awaitable[Any]], deploy_id: str | None = None
+) -> Iterator[list[asyncio.Future]]:
+    """Start act(deploy id) the moment an event of `kind` commits, for `deploy_id` or any
+    deploy: the narrowest windows (a cancel as a run is picked up, or once it succeeded)."""
+    started: list[asyncio.Future] = []
+
+    def on_commit(batch) -> None:
+        for stored in batch:
+            deploy = stored.event.stream.removeprefix("deploy/")
+            if isinstance(stored.event.data, kind) and deploy_id in (None, deploy):
+                started.append(asyncio.ensure_future(act(deploy)))
+
+    unsubscribe = api.service.ledger.subscribe(on_commit)
+    try:
+        yield started
+    finally:
+        unsubscribe()

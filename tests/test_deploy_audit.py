@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import subprocess
-import threading
-from collections.abc import Iterator
 
 import pytest
 
 from kuadeploy import events as ev
-from kuadeploy.config import DeployConfig
 from tests.deploy_support import (
     container_labels,
     deploy,
@@ -20,6 +15,7 @@ from tests.deploy_support import (
     register,
     step_names,
     wait_status,
+    when_recorded,
 )
 
 pytestmark = pytest.mark.docker
@@ -47,23 +43,14 @@ async def test_a_cancel_after_success_neither_rolls_back_nor_rewrites_the_outcom
     await deployed(api, sample_app)
     sample_app.healthy(note="second")
     deploy_id = await deploy(api, sample_app.name)
-    answers: list[asyncio.Task] = []
 
-    def on_commit(batch) -> None:
-        for stored in batch:
-            if stored.event.stream == f"deploy/{deploy_id}" and isinstance(
-                stored.event.data, ev.DeploySucceeded
-            ):
-                call = api.call("POST", f"/api/v1/deploys/{deploy_id}/cancel", role="deployer")
-                answers.append(asyncio.ensure_future(call))
+    def cancel(deploy: str):
+        return api.call("POST", f"/api/v1/deploys/{deploy}/cancel", role="deployer")
 
-    unsubscribe = api.service.ledger.subscribe(on_commit)
-    try:
+    with when_recorded(api, ev.DeploySucceeded, cancel, deploy_id) as answers:
         view = await wait_status(api, deploy_id)
         assert answers, view
         status, answer, _ = await answers[0]
-    finally:
-        unsubscribe()
     await asyncio.sleep(3)  # a wrong rollback would run now
     view = await wait_status(api, deploy_id)
     assert status == 409, answer
@@ -79,78 +66,16 @@ async def test_a_stop_after_success_does_not_turn_it_into_an_interruption(api, s
     DeployInterrupted after its DeploySucceeded (the deploy would read "interrupted")."""
     await register(api, sample_app)
     deploy_id = await deploy(api, sample_app.name)
-    closing: list[asyncio.Task] = []
-
-    def on_commit(batch) -> None:
-        for stored in batch:
-            if stored.event.stream == f"deploy/{deploy_id}" and isinstance(
-                stored.event.data, ev.DeploySucceeded
-            ):
-                closing.append(asyncio.ensure_future(api.service.runner.close()))
-
-    unsubscribe = api.service.ledger.subscribe(on_commit)
-    try:
+    stop = api.service.runner.close
+    with when_recorded(api, ev.DeploySucceeded, lambda _: stop(), deploy_id) as closing:
         await wait_status(api, deploy_id)
         assert closing
         await closing[0]
-    finally:
-        unsubscribe()
     view = await wait_status(api, deploy_id)
     assert view["status"] == "succeeded", view
     _, page, _ = await api.call("GET", "/api/v1/events?limit=1000", role="reader")
     types = [e["type"] for e in page["events"] if e["stream"] == f"deploy/{deploy_id}"]
     assert types[-1] == "DeploySucceeded", types
-
-
-@contextlib.contextmanager
-def silent_forge() -> Iterator[str]:
-    """A "forge" on 127.0.0.1 that accepts connections and never answers (overloaded,
-    half dead); its URL. Leaving closes its sockets, which releases a stuck client."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    listener.settimeout(0.2)
-    held: list[socket.socket] = []
-    done = threading.Event()
-
-    def accept() -> None:
-        while not done.is_set():
-            with contextlib.suppress(OSError):
-                held.append(listener.accept()[0])
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}/infra/web.git"
-    finally:
-        done.set()
-        thread.join()
-        for conn in held:
-            conn.close()
-        listener.close()
-
-
-async def test_a_forge_that_never_answers_does_not_wedge_other_deploys(
-    tmp_path, docker_a, sample_app
-):
-    """A fetch from a forge that accepts and never answers times out as a step; its
-    thread must end too. It used to block in libgit2 for good, each such deploy taking
-    one of the loop's few worker threads, until every thread was taken and the deploys
-    of every other app (and whatever else runs in a thread) timed out."""
-    settings = DeployConfig(health_poll_s=0.1, fetch_timeout_s=2)
-    # the forge goes first: on failure, its closed sockets free what it holds
-    async with deploy_service(tmp_path / "data", docker_a, deploy=settings) as api:
-        with silent_forge() as url:
-            hung = {**sample_app.entry("a"), "repo": url}
-            hung["container"] = {**hung["container"], "name": f"{sample_app.name}-hung"}
-            status, body, _ = await api.call("PUT", "/api/v1/apps/hung", json=hung)
-            assert status == 201, body
-            for _ in range(8):  # more than the default executor's threads (cpu count + 4)
-                view = await wait_status(api, await deploy(api, "hung"))
-                assert view["status"] == "failed" and "fetch" in view["reason"], view
-            await register(api, sample_app)
-            view = await wait_status(api, await deploy(api, sample_app.name))
-            assert view["status"] == "succeeded", view["reason"]
 
 
 def test_sigkill_mid_migration_leaves_no_migration_running(tmp_path, docker_a, sample_app):
@@ -192,21 +117,10 @@ async def test_a_cancel_as_the_runner_picks_a_deploy_up_ends_it(api, sample_app)
     task before its first line ran, so nothing was recorded: the deploy stayed queued
     (to run at the next start) and the cancel answered 200 with it still queued."""
     await register(api, sample_app)
-    cancels: list[asyncio.Task] = []
-
-    def on_commit(batch) -> None:
-        for stored in batch:
-            if isinstance(stored.event.data, ev.DeployRequested):
-                deploy_id = stored.event.stream.removeprefix("deploy/")
-                cancel = api.service.cancel_deploy(deploy_id, "deployer")
-                cancels.append(asyncio.ensure_future(cancel))
-
-    unsubscribe = api.service.ledger.subscribe(on_commit)
-    try:
+    cancel = api.service.cancel_deploy
+    with when_recorded(api, ev.DeployRequested, lambda d: cancel(d, "deployer")) as cancels:
         deploy_id = await deploy(api, sample_app.name)
         await asyncio.gather(*cancels, return_exceptions=True)
-    finally:
-        unsubscribe()
     view = await wait_status(api, deploy_id, timeout=20)
     assert view["status"] == "cancelled", view
     later = await wait_status(api, await deploy(api, sample_app.name))
