@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from kuadeploy import __version__, historyview, manifest_cli
+from kuadeploy import __version__, historyview, manifest_cli, progress
 from kuadeploy import events as ev
 from kuadeploy.audit import offline
 from kuadeploy.client import Client, ClientError
@@ -22,6 +22,7 @@ from kuadeploy.follow import follow
 from kuadeploy.ledger import GENESIS, SchemaError, reading
 from kuadeploy.ledger.store import utc_now
 from kuadeploy.ledger.verify import load_trusted, save_trusted, verify_ledger
+from kuadeploy.progress import Progress
 from kuadeploy.rebuild import rebuild_and_compare
 from kuadeploy.service import StartupError
 from kuadeploy.tokens import add_token, tokens_path
@@ -46,7 +47,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         raise CliError("--checkpoint and --pubkey go together")
     checkpoint = offline.read_checkpoint_file(args.checkpoint) if args.checkpoint else None
     with closing(reading.open_readonly(config.ledger_path)) as conn:
-        result = verify_ledger(conn, start)
+        shown = Progress("verified") if progress.wanted(args.progress) else None
+        result = verify_ledger(conn, start, progress=shown)
         checked = None
         if result.ok and checkpoint is not None:
             checked = offline.check_checkpoint(conn, checkpoint, args.pubkey)
@@ -98,7 +100,8 @@ def cmd_audit_witness(args: argparse.Namespace) -> int:
 def cmd_rebuild(args: argparse.Namespace) -> int:
     config = _offline_config(args)
     with closing(reading.open_readonly(config.ledger_path)) as conn:
-        state, report = rebuild_and_compare(conn)
+        shown = Progress("rebuilt") if progress.wanted(args.progress) else None
+        state, report = rebuild_and_compare(conn, shown)
     for line in report.differences:
         print(f"DIFFERENCE: {line}")
     verdict = "ok" if report.ok else "FAILED"
@@ -253,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--checkpoint", help="also check against this signed checkpoint file")
     verify.add_argument("--pubkey", help="the checkpoint's verifier key (C2SP vkey)")
     verify.set_defaults(func=cmd_audit_verify)
+    _progress_flag(verify)
     pubkey = audit.add_parser("pubkey", parents=[offline], help="the checkpoint verifier key")
     pubkey.set_defaults(func=cmd_audit_pubkey)
     witness = audit.add_parser("witness", help="check a server's checkpoints only grow")
@@ -264,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rebuild = sub.add_parser("rebuild", parents=[offline], help="refold and compare projections")
     rebuild.set_defaults(func=cmd_rebuild)
+    _progress_flag(rebuild)
 
     client = argparse.ArgumentParser(add_help=False)
     client.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8080 ($KUA_URL)")
@@ -289,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true", help="print the raw JSON")
     history.set_defaults(func=cmd_history)
     return parser
+
+
+def _progress_flag(parser: argparse.ArgumentParser) -> None:
+    help_ = "progress lines on stderr (default: when stderr is a terminal)"
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, help=help_)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

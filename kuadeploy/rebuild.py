@@ -8,6 +8,7 @@ import msgspec
 
 from kuadeploy import events
 from kuadeploy.ledger import reading
+from kuadeploy.progress import Progress
 from kuadeploy.projector import SNAPSHOT_FORMAT, State, encode_state, fold, load_state
 
 
@@ -21,7 +22,9 @@ class RebuildReport(msgspec.Struct):
         return not self.differences
 
 
-def rebuild_and_compare(conn: sqlite3.Connection) -> tuple[State, RebuildReport]:
+def rebuild_and_compare(
+    conn: sqlite3.Connection, progress: Progress | None = None
+) -> tuple[State, RebuildReport]:
     snaps = conn.execute(
         "SELECT s.seq, s.hash, s.state, e.hash FROM snapshots s LEFT JOIN events e "
         "ON e.seq = s.seq WHERE s.format = ? ORDER BY s.seq",
@@ -31,7 +34,11 @@ def rebuild_and_compare(conn: sqlite3.Connection) -> tuple[State, RebuildReport]
     pending = iter(snaps)
     nxt = next(pending, None)
     state, decode, n = State(), events.decoder().decode, 0
-    for body in reading.iter_bodies(conn, 0):  # the seq is in each body: fetch nothing else
+    bodies = reading.iter_bodies(conn, 0)  # the seq is in each body: fetch nothing else
+    if progress is not None:
+        progress.total = reading.read_head(conn).seq
+        bodies = progress.counted(bodies)
+    for body in bodies:
         fold(state, decode(body))
         n += 1
         while nxt is not None and nxt[0] <= state.seq:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+from concurrent.futures import as_completed
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing
 from pathlib import Path
@@ -28,6 +29,7 @@ from kuadeploy.files import write_atomic
 from kuadeploy.ledger import reading
 from kuadeploy.ledger.chain import GENESIS, Head, VerifyResult, verify_rows
 from kuadeploy.ledger.processes import file_of, process_pool
+from kuadeploy.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,10 @@ class TrustedPoint(msgspec.Struct):
 
 
 def verify_ledger(
-    conn: sqlite3.Connection, start: Head = GENESIS, workers: int | None = None
+    conn: sqlite3.Connection,
+    start: Head = GENESIS,
+    workers: int | None = None,
+    progress: Progress | None = None,
 ) -> VerifyResult:
     """The chain from `start` to the head; `workers` processes (default: one per core)
     for long ranges."""
@@ -64,27 +69,40 @@ def verify_ledger(
     head = reading.read_head(conn)
     workers = min(workers or os.cpu_count() or 1, (head.seq - start.seq) // PARALLEL_ROWS)
     path = file_of(conn)
+    if progress is not None:
+        progress.total = head.seq - start.seq
     if workers > 1 and path:
         try:
-            return _verify_parallel(path, start, head.seq, workers)
+            return _verify_parallel(path, start, head.seq, workers, progress)
         except (OSError, BrokenProcessPool):  # no processes to be had: do it here
             log.warning("verifying in this process: helper processes failed", exc_info=True)
-    return verify_rows(reading.iter_rows(conn, start.seq), start)
+    rows = reading.iter_rows(conn, start.seq)
+    return verify_rows(progress.counted(rows) if progress is not None else rows, start)
 
 
 # Rows per process at least: below that, starting a process costs more than it saves.
 PARALLEL_ROWS = 100_000
 
 
-def _verify_parallel(path: str, start: Head, head: int, workers: int) -> VerifyResult:
-    step = (head - start.seq) // workers
-    lows = [start.seq + i * step for i in range(workers)]
+def _verify_parallel(
+    path: str, start: Head, head: int, workers: int, progress: Progress | None
+) -> VerifyResult:
+    # With progress to show, smaller chunks, so that some end before all of them do.
+    pieces = workers if progress is None else workers * 8
+    step = (head - start.seq) // pieces
+    lows = [start.seq + i * step for i in range(pieces)]
     highs: list[int | None] = [*lows[1:], None]  # the last chunk takes rows appended meanwhile
     with process_pool(workers) as pool:
         chunks = [
             pool.submit(verify_chunk, path, lo, hi, start.hash if lo == start.seq else None)
             for lo, hi in zip(lows, highs, strict=True)
         ]
+        if progress is not None:
+            done = 0
+            for chunk in as_completed(chunks):
+                done += chunk.result().events
+                progress.update(done)
+            progress.finish(done)
         results = [c.result() for c in chunks]
     events = 0
     for result in results:
