@@ -40,7 +40,7 @@ from kuadeploy.audit.merkle import (
 from kuadeploy.ledger.chain import GENESIS_HASH, column_problem
 from kuadeploy.ledger.processes import file_of, process_pool
 from kuadeploy.ledger.reading import iter_bodies, open_readonly, read_head
-from kuadeploy.ledger.tree import advance
+from kuadeploy.ledger.tree import NodeDigest, advance
 
 log = logging.getLogger(__name__)
 
@@ -169,13 +169,15 @@ def scan_ledger(
     *,
     check_chain: bool = False,
     accepted_breaks: Collection[int] = (),
+    nodes: NodeDigest | None = None,
 ) -> LedgerScan:
     """In one pass over the stored rows in seq order: the root at each of `sizes`
     recomputed from the bodies (never from stored nodes), the whole tree, and with
     `check_chain` every seq gap, chain hash mismatch (DESIGN §3) and type or ts
     column that differs from the body, but those at `accepted_breaks` (one per
     row: the first found), up to MAX_CHAIN_BREAKS. Leaf i is the i-th
-    body read, so a missing row shifts every later leaf and changes the roots."""
+    body read, so a missing row shifts every later leaf and changes the roots.
+    `nodes`, when given, takes in every node of the stored levels."""
     breaks: list[ChainBreak] = []
     accepted = frozenset(accepted_breaks)
     path = file_of(conn)
@@ -183,12 +185,12 @@ def scan_ledger(
         try:  # two passes at once: the chain in a helper process, the tree here
             with process_pool(1) as pool:
                 chain = pool.submit(chain_breaks, path, accepted)
-                roots, state = _tree(iter_bodies(conn, 0), sizes)
+                roots, state = _tree(iter_bodies(conn, 0), sizes, nodes)
                 return LedgerScan(roots, state, chain.result())
         except (OSError, BrokenProcessPool):  # no helper to be had: one pass here
             log.warning("scanning the ledger in one process: the helper failed", exc_info=True)
     bodies = _checked_bodies(conn, breaks, accepted) if check_chain else iter_bodies(conn, 0)
-    roots, state = _tree(bodies, sizes)
+    roots, state = _tree(bodies, sizes, nodes)
     return LedgerScan(roots, state, breaks)
 
 
@@ -196,15 +198,17 @@ def scan_ledger(
 PARALLEL_SCAN_ROWS = 200_000
 
 
-def _tree(bodies: Iterator[bytes], sizes: Iterable[int]) -> tuple[dict[int, bytes], TreeState]:
+def _tree(
+    bodies: Iterator[bytes], sizes: Iterable[int], nodes: NodeDigest | None = None
+) -> tuple[dict[int, bytes], TreeState]:
     state = TreeState()
     roots: dict[int, bytes] = {}
     for size in sorted(set(sizes)):
-        state = advance(state, islice(bodies, size - state.size))
+        state = advance(state, islice(bodies, size - state.size), nodes)
         if state.size < size:
             break
         roots[size] = state.root()
-    return roots, advance(state, bodies)
+    return roots, advance(state, bodies, nodes)
 
 
 def chain_breaks(path: str, accepted: frozenset[int]) -> list[ChainBreak]:

@@ -20,7 +20,8 @@
    ts columns that differ from the body), which later start-ups then accept (a
    ledger with a seq gap cannot be accepted: it has no tree);
 4. the ledger opens with its node cache checked against the tree just
-   recomputed, and a Checkpointer signs the head and then every new batch.
+   recomputed (every stored node, through the scan's NodeDigest), and a
+   Checkpointer signs the head and then every new batch.
 
 Without a mirror file (first start, or a new mirror volume) there is nothing to
 check against: the ledger is trusted as it is, and the log says so.
@@ -51,7 +52,7 @@ from kuadeploy.events import CheckpointOverridden
 from kuadeploy.ledger import reading
 from kuadeploy.ledger.schema import prepare_file
 from kuadeploy.ledger.store import Ledger, NewEvent, StoredEvent, utc_now
-from kuadeploy.ledger.tree import LedgerNodes
+from kuadeploy.ledger.tree import LedgerNodes, NodeDigest
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class StartupCheck(NamedTuple):
     refused: Checkpoint | None  # the checkpoint the problem is about, if readable
     tree: TreeState  # recomputed from the bodies, at the head
     chain_breaks: tuple[int, ...] = ()  # seqs of chain breaks but seq gaps, to accept
+    nodes: dict[int, bytes] | None = None  # NodeDigest of that tree's stored levels
 
 
 class AuditedLedger(NamedTuple):
@@ -101,11 +103,13 @@ def check_ledger(ledger_path: str, mirror: Path, verifier: Verifier, origin: str
                     Checkpoint(origin, row.size, row.root),
                 )
             )
+        nodes = NodeDigest()
         roots, tree, broken = scan_ledger(
             conn,
             [c.size for _, c in claims],
             check_chain=True,
             accepted_breaks=accepted_chain_breaks(conn),
+            nodes=nodes,
         )
     if broken:
         refused = claims[0][1] if claims else None
@@ -115,7 +119,7 @@ def check_ledger(ledger_path: str, mirror: Path, verifier: Verifier, origin: str
         problem = checkpoint_problem(tree.size, roots.get(claim.size), claim.size, claim.root, what)
         if problem is not None:
             return StartupCheck(problem, claim, tree)
-    return StartupCheck(None, None, tree)
+    return StartupCheck(None, None, tree, nodes=nodes.digests())
 
 
 async def open_checked(
@@ -139,7 +143,9 @@ async def open_checked(
         )
     overridden = None
     if check.problem is None:
-        ledger = await Ledger.open(path, clock=clock, verified_tree=check.tree)
+        ledger = await Ledger.open(
+            path, clock=clock, verified_tree=check.tree, verified_nodes=check.nodes
+        )
     else:
         log.warning("accepting the ledger despite: %s", check.problem)
         ledger = await Ledger.open(path, clock=clock, rebuild_tree=True)

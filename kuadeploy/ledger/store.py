@@ -193,12 +193,14 @@ class Ledger:
         *,
         clock: Callable[[], str] = utc_now,
         verified_tree: TreeState | None = None,
+        verified_nodes: dict[int, bytes] | None = None,
         rebuild_tree: bool = False,
     ) -> Ledger:
         """Open (creating or migrating) the ledger at `path`. Its Merkle node cache
         is completed from the events; it is rebuilt from scratch when it disagrees
-        with `verified_tree` (the tree recomputed from the bodies by a start-up
-        check) or when `rebuild_tree` is set."""
+        with `verified_tree` or `verified_nodes` (the tree and the NodeDigest
+        recomputed from the bodies by a start-up check) or when `rebuild_tree` is
+        set."""
         await asyncio.to_thread(prepare_file, path)
         writer = sqlite3.connect(
             path, isolation_level=None, cached_statements=512, check_same_thread=False
@@ -208,7 +210,12 @@ class Ledger:
             writer.execute("PRAGMA busy_timeout = 10000")
             head, last_ts = _read_head(writer)
             tree = await asyncio.to_thread(
-                load_tree, writer, head.seq, expected=verified_tree, rebuild=rebuild_tree
+                load_tree,
+                writer,
+                head.seq,
+                expected=verified_tree,
+                expected_nodes=verified_nodes,
+                rebuild=rebuild_tree,
             )
             reader = await aiosqlite.connect(path, isolation_level=None)
             await reader.execute("PRAGMA busy_timeout = 10000")

@@ -27,6 +27,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from hashlib import sha256
+from typing import Any
 
 from kuadeploy.audit.merkle import NodeId, TreeState, node_hash, tree_state_at
 from kuadeploy.ledger.reading import iter_bodies
@@ -43,8 +44,38 @@ _REBUILD_CHUNK = 65536  # leaves per transaction when recomputing from the bodie
 PendingNodes = MutableMapping[tuple[int, int], bytes]
 
 
+class NodeDigest:
+    """Per stored level, SHA-256 over its nodes' hashes in index order: all the
+    table `merkle_nodes` must hold, in a few bytes. A sink for `advance`, which
+    completes the nodes of each level in index order; `stored_digests` gives the
+    same from the table, so a start-up scan of the bodies can check every node,
+    not only the peaks, at the cost of one pass over 1/8 of a row per event."""
+
+    def __init__(self) -> None:
+        self._levels: dict[int, Any] = {}
+
+    def __setitem__(self, key: tuple[int, int], hash_: bytes) -> None:
+        level = key[0]
+        if level not in self._levels:
+            self._levels[level] = sha256()
+        self._levels[level].update(hash_)
+
+    def digests(self) -> dict[int, bytes]:
+        return {level: h.digest() for level, h in self._levels.items()}
+
+
+def stored_digests(conn: sqlite3.Connection) -> dict[int, bytes]:
+    """NodeDigest of the table's nodes (a missing row changes its level's digest)."""
+    digest = NodeDigest()
+    cur = conn.execute("SELECT level, idx, hash FROM merkle_nodes ORDER BY level, idx")
+    while rows := cur.fetchmany(4096):
+        for level, index, hash_ in rows:
+            digest[level, index] = hash_
+    return digest.digests()
+
+
 def advance(
-    state: TreeState, bodies: Iterable[bytes], pending: PendingNodes | None = None
+    state: TreeState, bodies: Iterable[bytes], pending: PendingNodes | NodeDigest | None = None
 ) -> TreeState:
     """The tree after appending the leaves of `bodies`; every completed node of a
     stored level goes into `pending`. TreeState.append, specialised for the commit
@@ -148,16 +179,18 @@ def load_tree(
     size: int,
     *,
     expected: TreeState | None = None,
+    expected_nodes: dict[int, bytes] | None = None,
     rebuild: bool = False,
 ) -> TreeState:
     """The tree of the first `size` events, after making the stored nodes whole:
     nodes beyond `size` are deleted, the missing tail is recomputed from the bodies,
     and the table is rebuilt from scratch when its last stored block disagrees with
     the bodies, when `expected` (the tree recomputed from the bodies, by the
-    start-up check) differs, or when `rebuild` says so. Writes on `conn`."""
+    start-up check) or `expected_nodes` (that scan's NodeDigest) differs, or when
+    `rebuild` says so. Writes on `conn`."""
     if not rebuild:
         try:
-            return _load_and_backfill(conn, size, expected)
+            return _load_and_backfill(conn, size, expected, expected_nodes)
         except _Stale as stale:
             log.warning("merkle node cache: %s; rebuilding it from the events", stale)
     conn.execute("DELETE FROM merkle_nodes")
@@ -169,7 +202,10 @@ class _Stale(Exception):
 
 
 def _load_and_backfill(
-    conn: sqlite3.Connection, size: int, expected: TreeState | None
+    conn: sqlite3.Connection,
+    size: int,
+    expected: TreeState | None,
+    expected_nodes: dict[int, bytes] | None = None,
 ) -> TreeState:
     if _stored_beyond(conn, size):
         log.warning("merkle node cache: nodes beyond the %d events; deleting them", size)
@@ -190,8 +226,13 @@ def _load_and_backfill(
         if strict.node(*last) != strict.from_bodies(*last):
             raise _Stale(f"the stored block ending at leaf {covered} differs from the events")
     state = _backfill(conn, state, size)
-    if expected is not None and expected.size == size and expected != state:
-        raise _Stale("the stored nodes disagree with the tree of the event bodies")
+    if expected is not None and expected.size == size:
+        if expected != state:
+            raise _Stale("the stored nodes disagree with the tree of the event bodies")
+        # A wrong interior node leaves the peaks alone, yet every proof through it
+        # fails: an intact ledger would look rewritten to whoever checks one.
+        if expected_nodes is not None and stored_digests(conn) != expected_nodes:
+            raise _Stale("a stored node disagrees with the tree of the event bodies")
     return state
 
 
