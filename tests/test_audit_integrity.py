@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from kuadeploy.audit.startup import open_checked
+from kuadeploy.audit.startup import LedgerRewound, open_checked
 from kuadeploy.config import Config
 from tests.api_support import make_config, running
-from tests.support import register, unprotect
+from tests.support import register, run_cli, unprotect
 
 # --- RFC 9162 §2.1.3.2 and §2.1.4.2, independently ------------------------------------
 
@@ -127,3 +127,29 @@ async def test_a_corrupt_merkle_cache_node_never_yields_proofs_that_fail(data_di
             if not consistency_ok(seq, N, proof, _mth(bodies[:seq]), root):
                 bad.append(("consistency", seq))
     assert bad == []
+
+
+def verify_cli(d: Path, *flags: str):
+    return run_cli("audit", "verify", "--full", "--data-dir", str(d), *flags)
+
+
+async def start_up_refusal(d: Path) -> str:
+    with pytest.raises(LedgerRewound) as refused:
+        opened = await open_checked(Config(data_dir=str(d)))
+        await opened.ledger.close()
+    return str(refused.value)
+
+
+async def test_a_body_stored_as_text_is_named_not_a_traceback(data_dir):
+    """Same bytes, but SQLite TEXT where DESIGN §3 says BLOB: the server cannot use
+    the row (its code hashes bytes), so every verifier names it instead of crashing."""
+    async with running(make_config(data_dir, checkpoint_interval_s=0.0)) as api:
+        sql(data_dir, "UPDATE events SET body = CAST(body AS TEXT) WHERE seq = 7")
+        status, doc, _ = await api.call("GET", "/api/v1/audit/verify?full=1", role="reader")
+        assert status == 200, doc
+        assert (doc["ok"], doc["first_bad_seq"]) == (False, 7)
+        assert "BLOB" in doc["reason"]
+    proc = verify_cli(data_dir)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "FAILED at seq 7: body is stored as text, not as a BLOB" in proc.stdout
+    assert "seq 7: body is stored as text" in await start_up_refusal(data_dir)

@@ -37,7 +37,7 @@ from kuadeploy.audit.merkle import (
     inclusion_proof,
     root_at,
 )
-from kuadeploy.ledger.chain import GENESIS_HASH, column_problem
+from kuadeploy.ledger.chain import GENESIS_HASH, column_problem, not_a_blob
 from kuadeploy.ledger.processes import file_of, process_pool
 from kuadeploy.ledger.reading import iter_bodies, open_readonly, read_head
 from kuadeploy.ledger.tree import NodeDigest, advance
@@ -224,9 +224,11 @@ def _checked_bodies(
     conn: sqlite3.Connection, breaks: list[ChainBreak], accepted: frozenset[int]
 ) -> Iterator[bytes]:
     prev, expected = GENESIS_HASH, 1
-    cur = conn.execute("SELECT seq, type, ts, body, hash FROM events ORDER BY seq")
+    cur = conn.execute(
+        "SELECT seq, type, ts, CAST(body AS BLOB), hash, typeof(body) FROM events ORDER BY seq"
+    )
     while rows := cur.fetchmany(4096):
-        for seq, kind, ts, body, stored in rows:
+        for seq, kind, ts, body, stored, storage in rows:
             if seq != expected and len(breaks) < MAX_CHAIN_BREAKS:
                 breaks.append(ChainBreak(expected, "row missing"))
             prev = sha256(prev + body).digest()
@@ -237,6 +239,8 @@ def _checked_bodies(
                 prev = stored
             else:
                 reason = _column_problem(body, kind, ts)
+            if storage != "blob":  # the same bytes as text, say: still not the contract's
+                reason = not_a_blob(storage)
             if reason and seq not in accepted and len(breaks) < MAX_CHAIN_BREAKS:
                 breaks.append(ChainBreak(seq, reason))
             expected = seq + 1

@@ -52,10 +52,10 @@ Row = tuple[int, str, int, str, str, bytes, bytes]
 def verify_rows(rows: Iterable[Row], start: Head = GENESIS) -> VerifyResult:
     """Check rows that should follow `start`, in seq order.
 
-    Reasons, in the order they are checked: a seq gap, a hash mismatch, a body that
-    does not decode with the typed schema, a body whose seq/stream/version differ
-    from the row's, a type or ts column that differs from the body (unhashed, yet
-    point-in-time reads select by them).
+    Reasons, in the order they are checked: a seq gap, a body that is not a BLOB, a
+    hash mismatch, a body that does not decode with the typed schema, a body whose
+    seq/stream/version differ from the row's, a type or ts column that differs from
+    the body (unhashed, yet point-in-time reads select by them).
     """
     decode = events.decoder().decode
     # The decoded envelope's class is its type; a dict lookup is cheaper than the
@@ -69,6 +69,9 @@ def verify_rows(rows: Iterable[Row], start: Head = GENESIS) -> VerifyResult:
             return _bad(
                 n, prev_seq, prev_hash, expected, f"seq gap: row {expected} missing, found {seq}"
             )
+        if type(body) is not bytes:  # what was hashed is bytes: a BLOB (DESIGN §3)
+            storage = {str: "text", int: "integer", float: "real"}.get(type(body), "?")
+            return _bad(n, prev_seq, prev_hash, seq, not_a_blob(storage))
         computed = sha256(prev_hash + body).digest()
         if computed != stored:
             return _bad(n, prev_seq, prev_hash, seq, "hash mismatch")
@@ -85,6 +88,11 @@ def verify_rows(rows: Iterable[Row], start: Head = GENESIS) -> VerifyResult:
         prev_seq, prev_hash = seq, stored
         n += 1
     return VerifyResult(ok=True, events=n, head=Head(prev_seq, prev_hash))
+
+
+def not_a_blob(storage: str) -> str:
+    """Why a body of another SQLite storage class (`typeof`) than BLOB is a bad row."""
+    return f"body is stored as {storage}, not as a BLOB"
 
 
 def column_problem(kind: str, ts: str, body_kind: str, body_ts: str) -> str | None:

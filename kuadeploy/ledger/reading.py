@@ -64,8 +64,9 @@ def iter_bodies(
     types: Sequence[str] | None = None,
 ) -> Iterator[bytes]:
     """Bodies with after < seq <= until in seq order, optionally only of some event
-    types (filtered by the indexed column, without decoding)."""
-    sql = "SELECT body FROM events WHERE seq > ?"
+    types (filtered by the indexed column, without decoding). Always bytes: a body
+    some tool stored as TEXT reads as its UTF-8 (the verifier names such rows)."""
+    sql = "SELECT CAST(body AS BLOB) FROM events WHERE seq > ?"
     args: list = [after]
     if until is not None:
         sql += " AND seq <= ?"
