@@ -153,3 +153,19 @@ async def test_a_body_stored_as_text_is_named_not_a_traceback(data_dir):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "FAILED at seq 7: body is stored as text, not as a BLOB" in proc.stdout
     assert "seq 7: body is stored as text" in await start_up_refusal(data_dir)
+
+
+async def test_rows_before_seq_1_are_not_skipped(data_dir):
+    """Seqs are 1, 2, 3, … (DESIGN §3). Rows inserted at seq 0 or below were never
+    read by `audit verify`, which said ok, while start-up refused with "row 1
+    missing" (it is not); both must name the row that is there."""
+    sql(
+        data_dir,
+        "INSERT INTO events SELECT -3, 'app/app0', 999, type, ts, body, hash "
+        "FROM events WHERE seq = 2",
+    )
+    proc = verify_cli(data_dir)
+    assert proc.returncode == 1, proc.stdout
+    assert "FAILED at seq -3:" in proc.stdout
+    refusal = await start_up_refusal(data_dir)
+    assert "seq -3" in refusal and "row missing" not in refusal

@@ -229,6 +229,10 @@ def _checked_bodies(
     )
     while rows := cur.fetchmany(4096):
         for seq, kind, ts, body, stored, storage in rows:
+            if seq < 1:  # not a leaf (iter_bodies skips it too), nor a link of the chain
+                if seq not in accepted and len(breaks) < MAX_CHAIN_BREAKS:
+                    breaks.append(ChainBreak(seq, "seqs start at 1"))
+                continue
             if seq != expected and len(breaks) < MAX_CHAIN_BREAKS:
                 breaks.append(ChainBreak(expected, "row missing"))
             prev = sha256(prev + body).digest()

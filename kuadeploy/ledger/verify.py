@@ -47,6 +47,10 @@ def verify_ledger(
 ) -> VerifyResult:
     """The chain from `start` to the head; `workers` processes (default: one per core)
     for long ranges."""
+    (low,) = conn.execute("SELECT MIN(seq) FROM events").fetchone()
+    if low is not None and low < 1:  # below every range read from here on
+        reason = f"row at seq {low}: seqs start at 1"
+        return VerifyResult(ok=False, events=0, head=GENESIS, first_bad_seq=low, reason=reason)
     if start.seq > 0:
         row = reading.row_at(conn, start.seq)
         if row is None:
