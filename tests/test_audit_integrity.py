@@ -169,3 +169,29 @@ async def test_rows_before_seq_1_are_not_skipped(data_dir):
     assert "FAILED at seq -3:" in proc.stdout
     refusal = await start_up_refusal(data_dir)
     assert "seq -3" in refusal and "row missing" not in refusal
+
+
+async def test_an_older_note_in_the_checkpoints_table_never_rolls_the_mirror_back(
+    data_dir, tmp_path
+):
+    """Only the size and root of the table's last row are checked at start-up, yet
+    its note was mirrored and served as it was. With nothing but write access to the
+    database, an older genuine note (the table keeps them all) rolled the mirror on
+    its other volume back, and then a ledger cut to that size started silently."""
+    mirror = tmp_path / "other-volume" / "latest"
+    mirror.parent.mkdir()
+    (data_dir / "checkpoints" / "latest").rename(mirror)
+    sql(
+        data_dir,
+        "UPDATE checkpoints SET note = (SELECT note FROM checkpoints ORDER BY size LIMIT 1) "
+        f"WHERE size = {N}",
+    )
+    config = make_config(data_dir, checkpoint_interval_s=0.0, checkpoint_mirror=str(mirror))
+    async with running(config) as api:
+        status, note, _ = await api.call("GET", "/api/v1/audit/checkpoint", role="reader")
+        assert status == 200 and note.decode().split("\n")[1] == str(N)
+    assert mirror.read_text().split("\n")[1] == str(N)
+    sql(data_dir, "DELETE FROM events WHERE seq > 10", "DELETE FROM checkpoints WHERE size > 10")
+    with pytest.raises(Exception, match=f"covers {N} \\(truncated\\)"):
+        async with running(config):
+            pass

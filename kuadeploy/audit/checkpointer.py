@@ -21,7 +21,7 @@ from pathlib import Path
 
 from kuadeploy.audit.checkpoints import SignedCheckpoint
 from kuadeploy.audit.merkle import ProofError, consistency_proof, verify_consistency
-from kuadeploy.audit.note import Checkpoint, Signer, sign_checkpoint
+from kuadeploy.audit.note import Checkpoint, NoteError, Signer, open_checkpoint, sign_checkpoint
 from kuadeploy.files import write_atomic
 from kuadeploy.ledger.store import Ledger, LedgerClosed, StoredEvent, utc_now
 
@@ -69,6 +69,8 @@ class Checkpointer:
         self.ledger.on_close(self.close)
         if not await self.sign_head():
             assert self.latest is not None
+            if not self._genuine(self.latest):
+                await self._resign(self.latest)
             current = await asyncio.to_thread(_read_text, self.mirror)
             if current != self.latest.note:
                 await self._write_mirror(self.latest.note)
@@ -93,6 +95,26 @@ class Checkpointer:
             self.signed += 1
             await self._write_mirror(note)
             return True
+
+    def _genuine(self, latest: SignedCheckpoint) -> bool:
+        """Whether the row's note is ours and says the row's size and root. Start-up
+        checks only those two columns, and another genuine note of ours (the table
+        keeps them all) would roll the mirror back to an older size."""
+        try:
+            signed = open_checkpoint(latest.note, [self.signer.verifier], origin=self.origin)
+        except NoteError:
+            return False
+        return (signed.size, signed.root) == (latest.size, latest.root)
+
+    async def _resign(self, latest: SignedCheckpoint) -> None:
+        """Sign the row's size and root afresh: sign_head has just proven them to be
+        the ledger's tree at the head."""
+        log.warning(
+            "the note of checkpoint %d in the table is not its own; re-signing", latest.size
+        )
+        note = sign_checkpoint(Checkpoint(self.origin, latest.size, latest.root), self.signer)
+        await self.ledger.run_job(_replace_note, latest.size, note)
+        self.latest = latest._replace(note=note)
 
     async def close(self) -> None:
         """Sign the head as it is once the appends queued so far have committed."""
@@ -182,6 +204,10 @@ def _insert_checkpoint(
     conn.execute(
         "INSERT INTO checkpoints (size, root, note, ts) VALUES (?, ?, ?, ?)", (size, root, note, ts)
     )
+
+
+def _replace_note(conn: sqlite3.Connection, size: int, note: str) -> None:
+    conn.execute("UPDATE checkpoints SET note = ? WHERE size = ?", (note, size))
 
 
 def _nothing(conn: sqlite3.Connection) -> None:
