@@ -7,6 +7,7 @@ checkpoints (tests/test_checkpoint*); a chain alone cannot see them.
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 from pathlib import Path
 
@@ -68,6 +69,16 @@ def test_one_byte_of_a_body_changed(data_dir):
     assert forged != body and len(forged) == len(body)
     tamper(data_dir, ("UPDATE events SET body = ? WHERE seq = 5", (forged,)))
     assert_fails_at(data_dir, 5, "hash mismatch")
+
+
+def test_a_column_sqlite_cannot_read_as_text(data_dir):
+    # a hash stored as TEXT is not UTF-8: reading the row failed in SQLite's
+    # text decoding, and the verifier crashed with a traceback instead of naming it
+    tamper(data_dir, ("UPDATE events SET hash = CAST(hash AS TEXT) WHERE seq = 6", ()))
+    assert_fails_at(data_dir, 6, "row cannot be read: Could not decode to UTF-8 column 'hash'")
+    proc = run_cli("audit", "verify", "--data-dir", str(data_dir), "--full", "--json")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert json.loads(proc.stdout)["first_bad_seq"] == 6
 
 
 def test_a_hash_changed(data_dir):

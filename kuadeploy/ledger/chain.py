@@ -49,6 +49,14 @@ def chain_hash(prev: bytes, body: bytes) -> bytes:
 Row = tuple[int, str, int, str, str, bytes, bytes]
 
 
+class UnreadableRow(Exception):
+    """A row SQLite cannot hand over (a text column that is not UTF-8)."""
+
+    def __init__(self, seq: int, why: str):
+        super().__init__(f"row cannot be read: {why}")
+        self.seq = seq
+
+
 def verify_rows(rows: Iterable[Row], start: Head = GENESIS) -> VerifyResult:
     """Check rows that should follow `start`, in seq order.
 
@@ -63,30 +71,34 @@ def verify_rows(rows: Iterable[Row], start: Head = GENESIS) -> VerifyResult:
     type_of = {cls.Recorded: name for name, cls in events.EVENT_TYPES.items()}
     prev_seq, prev_hash = start
     n = 0
-    for seq, stream, version, kind, ts, body, stored in rows:
-        expected = prev_seq + 1
-        if seq != expected:
-            return _bad(
-                n, prev_seq, prev_hash, expected, f"seq gap: row {expected} missing, found {seq}"
-            )
-        if type(body) is not bytes:  # what was hashed is bytes: a BLOB (DESIGN §3)
-            storage = {str: "text", int: "integer", float: "real"}.get(type(body), "?")
-            return _bad(n, prev_seq, prev_hash, seq, not_a_blob(storage))
-        computed = sha256(prev_hash + body).digest()
-        if computed != stored:
-            return _bad(n, prev_seq, prev_hash, seq, "hash mismatch")
-        try:
-            ev = decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            return _bad(n, prev_seq, prev_hash, seq, f"body does not decode: {exc}")
-        if ev.seq != seq:
-            return _bad(n, prev_seq, prev_hash, seq, f"body seq {ev.seq} != row seq {seq}")
-        if ev.stream != stream or ev.version != version:
-            return _bad(n, prev_seq, prev_hash, seq, "body stream/version differ from the row's")
-        if (problem := column_problem(kind, ts, type_of[type(ev)], ev.ts)) is not None:
-            return _bad(n, prev_seq, prev_hash, seq, problem)
-        prev_seq, prev_hash = seq, stored
-        n += 1
+    try:
+        for seq, stream, version, kind, ts, body, stored in rows:
+            expected = prev_seq + 1
+            if seq != expected:
+                why = f"seq gap: row {expected} missing, found {seq}"
+                return _bad(n, prev_seq, prev_hash, expected, why)
+            try:
+                computed = sha256(prev_hash + body).digest()
+            except TypeError:  # what was hashed is bytes: a BLOB (DESIGN §3)
+                storage = {str: "text", int: "integer", float: "real"}.get(type(body), "?")
+                return _bad(n, prev_seq, prev_hash, seq, not_a_blob(storage))
+            if computed != stored:
+                return _bad(n, prev_seq, prev_hash, seq, "hash mismatch")
+            try:
+                ev = decode(body)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                return _bad(n, prev_seq, prev_hash, seq, f"body does not decode: {exc}")
+            if ev.seq != seq:
+                return _bad(n, prev_seq, prev_hash, seq, f"body seq {ev.seq} != row seq {seq}")
+            if ev.stream != stream or ev.version != version:
+                why = "body stream/version differ from the row's"
+                return _bad(n, prev_seq, prev_hash, seq, why)
+            if (problem := column_problem(kind, ts, type_of[type(ev)], ev.ts)) is not None:
+                return _bad(n, prev_seq, prev_hash, seq, problem)
+            prev_seq, prev_hash = seq, stored
+            n += 1
+    except UnreadableRow as exc:
+        return _bad(n, prev_seq, prev_hash, exc.seq, str(exc))
     return VerifyResult(ok=True, events=n, head=Head(prev_seq, prev_hash))
 
 

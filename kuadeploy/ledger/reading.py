@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from urllib.parse import quote
 
-from kuadeploy.ledger.chain import GENESIS, Head, Row
+from kuadeploy.ledger.chain import GENESIS, Head, Row, UnreadableRow
 from kuadeploy.ledger.schema import SchemaError, check_readable
 
 _FETCH = 4096
@@ -53,8 +53,25 @@ def iter_rows(conn: sqlite3.Connection, after: int = 0, until: int | None = None
         sql += " AND seq <= ?"
         args = (after, until)
     cur = conn.execute(sql + " ORDER BY seq", args)
-    while rows := cur.fetchmany(_FETCH):
-        yield from rows
+    try:
+        while rows := cur.fetchmany(_FETCH):
+            yield from rows
+            after = rows[-1][0]
+    except sqlite3.OperationalError as exc:  # a text column that is not UTF-8, say
+        why = str(exc).partition(" with text")[0]  # not the undecodable bytes themselves
+        raise UnreadableRow(_first_unreadable(conn, after), why) from None
+
+
+def _first_unreadable(conn: sqlite3.Connection, after: int) -> int:
+    """The first row after `after` that cannot be read whole (its seq always can)."""
+    while True:
+        row = conn.execute("SELECT seq FROM events WHERE seq > ? ORDER BY seq LIMIT 1", (after,))
+        seq = row.fetchone()[0]
+        try:
+            conn.execute("SELECT * FROM events WHERE seq = ?", (seq,)).fetchone()
+        except sqlite3.OperationalError:
+            return seq
+        after = seq
 
 
 def iter_bodies(
