@@ -99,7 +99,7 @@ def check_ledger(ledger_path: str, mirror: Path, verifier: Verifier, origin: str
         if row is not None:
             claims.append(
                 (
-                    "the last checkpoint in the ledger's table",
+                    "last checkpoint in the ledger's table",
                     Checkpoint(origin, row.size, row.root),
                 )
             )
