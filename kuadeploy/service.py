@@ -21,6 +21,7 @@ import msgspec
 from kuadeploy.adapters.docker import EngineError
 from kuadeploy.adapters.docker_specs import LABEL_SHA
 from kuadeploy.audit.checkpointer import Checkpointer, CheckpointRefused
+from kuadeploy.audit.keys import KeyFileError
 from kuadeploy.audit.startup import LedgerRewound, open_checked
 from kuadeploy.commands import deploys as dep
 from kuadeploy.commands import registry as reg
@@ -86,7 +87,8 @@ class Service:
         lock_fd = _lock_data_dir(data)
         try:
             audited = await open_checked(config, allow_rewind=accept_ledger_rewind)
-        except (LedgerRewound, CheckpointRefused) as exc:
+        except (LedgerRewound, CheckpointRefused, KeyFileError) as exc:
+            # a key file or origin the user configured is theirs to mend: one line
             os.close(lock_fd)
             raise StartupError(str(exc)) from exc
         except BaseException:
