@@ -154,8 +154,8 @@ class DeployRunner:
         h = handoff_of(handoff)
         try:
             engine = self.ctx.engines.get(h.server)
-        except KeyError:  # the server left the config: judge by the SHA alone
-            engine = None
+        except (KeyError, EngineError):  # the server left the config, or has no client
+            engine = None  # now: judge by the SHA alone
         me = await whoami(engine)
         outcome = resolve(h, me, read_report(self.ctx.config, deploy_id))
         log.info("self-deploy hand-off to %s: %s", h.sha[:12], type(outcome[-1]).__name__)
