@@ -13,10 +13,14 @@ Sha256Hex = Annotated[str, msgspec.Meta(pattern="^[0-9a-fA-F]{64}$")]
 # host:port, port 0-65535 (0: any free port); an IPv6 host in brackets
 _PORT = "(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
 Listen = Annotated[str, msgspec.Meta(pattern=f"^([^:\\s]*|\\[[0-9a-fA-F:.]+\\]):{_PORT}$")]
+# the schemes the engine client speaks (a bare socket path is a common slip)
+DockerUrl = Annotated[str, msgspec.Meta(pattern="^(unix|tcp|http|https)://.+")]
+# A wait or timeout of zero or less spins (a heartbeat, a health poll) or fails at once
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
 
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
-    docker: str
+    docker: DockerUrl
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -63,14 +67,14 @@ class GitConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class DeployConfig(msgspec.Struct, forbid_unknown_fields=True):
-    fetch_timeout_s: float = 300.0
-    build_timeout_s: float = 1800.0
-    migrate_timeout_s: float = 900.0
-    recreate_timeout_s: float = 120.0
+    fetch_timeout_s: Seconds = 300.0
+    build_timeout_s: Seconds = 1800.0
+    migrate_timeout_s: Seconds = 900.0
+    recreate_timeout_s: Seconds = 120.0
     # verify has its own timeout_s + stable_s per app; this bounds everything else
-    verify_grace_s: float = 30.0
-    gate_expiry_s: float = 24 * 3600.0
-    health_poll_s: float = 0.25
+    verify_grace_s: Seconds = 30.0
+    gate_expiry_s: Seconds = 24 * 3600.0
+    health_poll_s: Seconds = 0.25
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True):
@@ -78,7 +82,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     listen: Listen = "127.0.0.1:8080"
     legacy_registry: str | None = None
     snapshot_every: int = 4096
-    sse_heartbeat_s: float = 15.0
+    sse_heartbeat_s: Seconds = 15.0
     # Signed checkpoints (kuadeploy/audit): at most one every interval under load.
     checkpoint_interval_s: float = 1.0
     checkpoint_mirror: str | None = None  # default DATA_DIR/checkpoints/latest

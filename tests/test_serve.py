@@ -102,6 +102,11 @@ BAD_CONFIGS = [
     ("", {"KUA_LISTEN": "abc"}, "KUA_LISTEN"),
     ('[[tokens]]\nactor = "a"\nrole = "admin"\nsha256 = "not hex"\n', {}, "sha256"),
     ('[[tokens]]\nactor = "a"\nrole = "root"\nsha256 = "' + "0" * 64 + '"\n', {}, "role"),
+    # values the server would take and then misbehave on: spin, hammer, fail every deploy
+    ("sse_heartbeat_s = 0\n", {}, "sse_heartbeat_s"),
+    ("[deploy]\nhealth_poll_s = 0\n", {}, "health_poll_s"),
+    ("[deploy]\nfetch_timeout_s = -5\n", {}, "fetch_timeout_s"),
+    ('[servers.local]\ndocker = "/var/run/docker.sock"\n', {}, "docker"),
 ]
 
 
