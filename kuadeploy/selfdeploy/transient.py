@@ -78,13 +78,14 @@ class Handoff:
         self.h = h
         self.deploy_id = deploy_id
         self.aside = f"{h.container}-previous-{deploy_id}"
+        self.old: dict | None = None  # the old container's inspect, once read
 
     def say(self, msg: str, **extra: object) -> None:
         log.info({"msg": msg, "deploy": self.deploy_id, **extra})
 
     async def run(self) -> int:
         h = self.h
-        old = await self.engine.inspect_container_raw(h.container_id)
+        old = self.old = await self.engine.inspect_container_raw(h.container_id)
         if old is None:
             self.say("the orchestrator container is gone; nothing to do")
             return 1
@@ -126,6 +127,8 @@ class Handoff:
             self.say("yet the new instance recorded its success: it stays the release")
             with contextlib.suppress(EngineError):
                 await self.engine.start_existing(h.container)
+            if self.old is not None:  # it is the release: compose must keep it too
+                await self._retag(self.old)
             await self._remove_aside()
             return 0
         new = await self.engine.inspect_container_raw(h.container)
