@@ -104,7 +104,8 @@ class TokenBook:
     def authenticate(self, token: str) -> Principal | None:
         if time.monotonic() - self._checked > self.RECHECK_S:
             self._reload()  # a revoked token stops working within RECHECK_S
-        digest = hashlib.sha256(token.encode()).digest()
+        # aiohttp keeps a header's non-UTF-8 bytes as surrogates: hash the bytes as sent
+        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
         found = self._find(digest)
         if found is None:
             self._reload()

@@ -75,8 +75,9 @@ def authorization_ok(config: WebhookConfig, header: str | None) -> bool:
     """The shared Authorization header value, when one is configured."""
     if not config.authorization:
         return True
+    # the header's bytes as sent (aiohttp keeps non-UTF-8 ones as surrogates)
     return header is not None and hmac.compare_digest(
-        header.encode(), config.authorization.encode()
+        header.encode("utf-8", "surrogateescape"), config.authorization.encode()
     )
 
 
