@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import time
@@ -11,17 +12,18 @@ from pathlib import Path
 
 import msgspec
 
-from kuadeploy.config import Config, Role, TokenConfig
+from kuadeploy.config import Config, Role, Sha256Hex, TokenConfig
 from kuadeploy.files import write_atomic
 from kuadeploy.ledger.store import utc_now
 
+log = logging.getLogger(__name__)
 ROLE_RANK: dict[str, int] = {"reader": 1, "deployer": 2, "admin": 3}
 
 
 class StoredToken(msgspec.Struct):
     actor: str
     role: Role
-    sha256: str
+    sha256: Sha256Hex
     created: str = ""
 
 
@@ -79,9 +81,9 @@ class TokenBook:
         self._stamp: tuple[int, int] | None = None
         self._entries: list[tuple[bytes, Principal]] = []
         self._checked = 0.0
-        self._reload()
+        self._reload(strict=True)  # at start-up a bad token file stops serve, in one line
 
-    def _reload(self) -> None:
+    def _reload(self, strict: bool = False) -> None:
         self._checked = time.monotonic()
         try:
             st = os.stat(self._path)
@@ -90,8 +92,17 @@ class TokenBook:
             stamp = None
         if stamp == self._stamp and self._entries:
             return
-        self._stamp = stamp
-        stored = read_token_file(str(self._path.parent)).tokens if stamp else []
+        changed, self._stamp = stamp != self._stamp, stamp
+        try:
+            stored = read_token_file(str(self._path.parent)).tokens if stamp else []
+        except (OSError, msgspec.DecodeError) as exc:
+            if strict:
+                raise
+            # A bad hand edit while serving: no 500 on every request, and no token the
+            # edit may have meant to revoke keeps working. The config's tokens still do.
+            if changed:
+                log.error("ignoring the tokens in %s until it is fixed: %s", self._path, exc)
+            stored = []
         all_tokens: list[TokenConfig | StoredToken] = [*self._config_tokens, *stored]
         self._entries = [
             (bytes.fromhex(t.sha256.lower()), Principal(t.actor, t.role)) for t in all_tokens

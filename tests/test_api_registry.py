@@ -384,6 +384,27 @@ async def test_tokens_added_by_the_cli_work_without_restart(api, tmp_path):
     assert TOKENS["admin"] not in (tmp_path / "tokens.json").read_text()
 
 
+BAD_HASH = '{"tokens":[{"actor":"x","role":"reader","sha256":"zz"}]}'
+
+
+@pytest.mark.parametrize("bad", ["{garbled", BAD_HASH])
+async def test_a_token_file_broken_while_serving_drops_its_tokens_not_the_server(
+    api, tmp_path, bad
+):
+    from kuadeploy.tokens import add_token
+
+    token = add_token(str(tmp_path), "ci-bot", "deployer")
+    auth = {"Authorization": f"Bearer {token}"}
+    assert (await api.call("GET", "/api/v1/apps", role=None, headers=auth))[0] == 200
+    (tmp_path / "tokens.json").write_text(bad)  # a bad hand edit
+    api.service.tokens.RECHECK_S = 0
+    for _ in range(2):
+        status, body, _ = await api.call("GET", "/api/v1/apps", role=None, headers=auth)
+        assert status == 401, body  # fail closed: the edit may have meant to revoke it
+        status, body, _ = await api.call("GET", "/api/v1/apps", role="reader")
+        assert status == 200, body  # the config's tokens still work
+
+
 async def test_hundred_concurrent_unconditional_patches_all_apply(api, monkeypatch):
     await api.call("PUT", "/api/v1/apps/web", json=entry_doc())
     seen = slow_commits(api, monkeypatch)

@@ -213,3 +213,14 @@ def test_an_unusable_data_dir_stops_serve_with_one_line(tmp_path, case):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("kuadeploy: cannot start: ")
+
+
+def test_a_token_file_with_a_malformed_hash_stops_serve_with_one_line(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    bad = {"tokens": [{"actor": "ci", "role": "reader", "sha256": "not-hex"}]}
+    (data / "tokens.json").write_text(json.dumps(bad))
+    proc = _serve_once(data)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("kuadeploy: cannot start: ")
