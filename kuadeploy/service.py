@@ -182,7 +182,9 @@ class Service:
         """Mirrors of the registry, fed after each commit; never in the way of appends."""
         git = self.config.export.git
         if git is not None:
-            sink = GitSink(git, self.ledger, self.config.data_dir, self._sink_reporter("git"))
+            report, timeout_s = self._sink_reporter("git"), self.config.deploy.fetch_timeout_s
+            # libgit2's transport timeouts are process-wide: the same as a deploy's fetch
+            sink = GitSink(git, self.ledger, self.config.data_dir, report, timeout_s=timeout_s)
             self.sinks.append(sink)
             sink.start()
 

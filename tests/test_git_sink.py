@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -14,12 +15,13 @@ import msgspec
 import pytest
 
 from kuadeploy import events as ev
-from kuadeploy.config import ExportConfig, GitSinkConfig
+from kuadeploy.config import DeployConfig, ExportConfig, GitSinkConfig
 from kuadeploy.ledger import NewEvent
 from kuadeploy.sinks.git import GitSink
 from kuadeploy.sinks.mirror import Marker, commit_message, parse_marker
 from tests.api_support import entry_doc, make_config, running
 from tests.support import entry
+from tests.webhook_support import stalled_forge  # noqa: F401  (fixture)
 
 BRANCH = "registry"
 
@@ -269,6 +271,28 @@ async def test_invalid_branch_is_reported(tmp_path, branch):
         assert status == 201
         failing = await wait_failing(api)
         assert "not a valid git branch name" in failing["error"]
+
+
+async def test_a_remote_that_never_answers_is_reported_and_lets_the_server_stop(
+    tmp_path,
+    stalled_forge,  # noqa: F811
+):
+    """libgit2 waits forever on a server that accepts and never answers: the sink's
+    transport is bounded like a deploy's fetch, so the hang becomes a failure, and
+    its thread ends (a thread stuck in libgit2 keeps the process from ever exiting)."""
+    git_sink = GitSinkConfig(repo=f"{stalled_forge}/mirror.git", branch=BRANCH)
+    deploy = DeployConfig(fetch_timeout_s=1)
+    config = make_config(tmp_path / "data", export=ExportConfig(git=git_sink), deploy=deploy)
+    async with running(config) as api:
+        started = time.monotonic()
+        status, _, _ = await api.call("PUT", "/api/v1/apps/web", json=entry_doc())
+        assert status == 201 and time.monotonic() - started < 1.0
+        failing = await wait_failing(api, timeout=10)
+        assert "timed out" in failing["error"], failing
+    deadline = time.monotonic() + 10
+    while any(t.name.startswith("git-sink") for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the git sink's thread never ends"
+        await asyncio.sleep(0.1)
 
 
 async def test_queue_overflow_falls_back_to_the_ledger(tmp_path):

@@ -23,6 +23,7 @@ from typing import Any
 
 import pygit2
 
+from kuadeploy.adapters.git import set_timeouts
 from kuadeploy.config import GitSinkConfig
 from kuadeploy.ledger import reading
 from kuadeploy.ledger.store import Ledger, StoredEvent
@@ -43,9 +44,10 @@ _SINK_TYPES = frozenset(SINK_EVENT_TYPES)
 class _Writer:
     """Thread-confined: runs only on the sink's single worker thread."""
 
-    def __init__(self, target: GitTarget, ledger_path: str):
+    def __init__(self, target: GitTarget, ledger_path: str, timeout_s: float):
         self.target = target
         self.ledger_path = ledger_path
+        self.timeout_s = timeout_s
         self.position = 0  # the last seq the branch is known to mirror
         # The registry as of the commit we wrote last: saves a ledger read per change.
         self._last: tuple[pygit2.Oid, int, Registry] | None = None
@@ -53,6 +55,9 @@ class _Writer:
     def sync(self, pending: list[StoredEvent], covered_from: int) -> None:
         """Mirror every registry event after the branch's position: from the ledger up
         to `covered_from`, then from `pending` (all of them after `covered_from`)."""
+        # A remote that accepts and never answers would hold this thread forever: no
+        # failure reported, and no exit (the interpreter joins the thread at exit).
+        set_timeouts(self.timeout_s)
         try:
             self._sync(pending, covered_from)
         except BaseException:
@@ -118,13 +123,14 @@ class GitSink:
         data_dir: str,
         report: Callable[[dict[str, Any]], None],
         max_pending: int = MAX_PENDING,
+        timeout_s: float = 300.0,
     ):
         self.config = config
         self._max_pending = max_pending
         self._ledger = ledger
         self._report = report
         target = GitTarget(config.repo, config.branch, Path(data_dir) / "sinks")
-        self._writer = _Writer(target, ledger.path)
+        self._writer = _Writer(target, ledger.path, timeout_s)
         self._pending: list[StoredEvent] = []
         self._covered_from = 0  # _pending holds every registry event after this seq
         self._wake = asyncio.Event()
