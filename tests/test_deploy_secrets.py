@@ -107,3 +107,30 @@ async def test_a_health_answer_echoing_a_secret_records_only_the_marker(
     assert CORE not in caplog.text
     for name, content in ledger_files(data).items():
         assert CORE.encode() not in content, name
+
+
+JSON_HEALTHZ = """\
+#!/bin/sh
+printf 'Status: 200 OK\\r\\nContent-Type: application/json\\r\\n\\r\\n'
+printf '{"db": "%s"}\\n' "$(printf '%s' "$DB_PASSWORD" | sed 's/[\\"]/\\\\&/g')"
+"""
+
+
+async def test_a_json_health_answer_echoing_a_secret_records_only_the_marker(
+    tmp_path, docker_a, sample_app, provider
+):
+    """JSON escapes the quotes in the value: the escaped form is the value all the same."""
+    data = tmp_path / "data"
+    async with deploy_service(data, docker_a, secrets=provider) as api:
+        entry = sample_app.entry("a")
+        entry["container"]["env"] = {"DB_PASSWORD": {"secret": "web/db"}}
+        entry["verify"]["timeout_s"] = 2
+        await register(api, sample_app, container=entry["container"], verify=entry["verify"])
+        sample_app.commit({"www/cgi-bin/healthz": JSON_HEALTHZ}, "healthz answers JSON")
+        view = await wait_status(api, await deploy(api, sample_app.name))
+        assert view["status"] == "failed", view
+        assert f'{{"db": "{MARKER}"}}' in view["reason"], view["reason"]
+        status, events, _ = await api.call("GET", "/api/v1/events?limit=1000")
+        assert status == 200 and CORE not in json.dumps([view, events])
+    for name, content in ledger_files(data).items():
+        assert CORE.encode() not in content, name

@@ -33,6 +33,14 @@ def test_values_are_literal_and_may_span_lines():
     assert mask("begin\nline1\nline2\nend", ["line1\nline2"]) == f"begin\n{MARKER}\nend"
 
 
+def test_values_a_json_answer_escaped_are_masked_too():
+    import json
+
+    value = 'p"w\\d\nline2 é'  # a quote, a backslash, a newline, non-ASCII
+    for answer in (json.dumps({"db": value}), json.dumps({"db": value}, ensure_ascii=False)):
+        assert mask(answer, [value]) == f'{{"db": "{MARKER}"}}', answer
+
+
 def test_the_server_log_masks_the_values_of_deploys_in_progress():
     import json
     import logging

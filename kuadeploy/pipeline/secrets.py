@@ -7,6 +7,7 @@ never enter events, logs, API responses or exports.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -46,12 +47,18 @@ def mask(text: str, values: Iterable[str]) -> str:
     For output we did not write (a migration's, a container's health answer, an engine
     error): it may echo the env we gave it. One pass, longest value first, so a value
     that contains another is masked whole and no marker is matched again; empty values
-    are skipped (they would match everywhere).
+    are skipped (they would match everywhere). A value is also masked as JSON writes
+    it (quotes, backslashes, newlines, non-ASCII escaped): health answers are JSON.
     """
-    wanted = sorted({v for v in values if v}, key=len, reverse=True)
+    wanted = sorted({form for v in values if v for form in _forms(v)}, key=len, reverse=True)
     if not wanted:
         return text
     return re.sub("|".join(map(re.escape, wanted)), MARKER, text)
+
+
+def _forms(value: str) -> set[str]:
+    """`value` and its JSON string escapes (with and without ASCII-only output)."""
+    return {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
 
 
 async def resolve_env(container: Container, provider: SecretsConfig) -> dict[str, str]:
