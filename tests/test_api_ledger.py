@@ -144,6 +144,22 @@ async def test_sse_stream_live_and_resumed(api):
     assert first.startswith(b"id: 3\nevent: AppPatched\ndata: ")
 
 
+async def test_sse_stream_ends_once_its_token_is_revoked(api, tmp_path):
+    """Auth is checked for each request, and a stream is one request that never ends:
+    it must not keep feeding the ledger to a token that no longer exists."""
+    from kuadeploy.tokens import add_token
+
+    token = add_token(str(tmp_path), "watcher", "reader")
+    headers = {"Authorization": f"Bearer {token}"}
+    async with api.session.get(api.url("/api/v1/events/stream"), headers=headers) as resp:
+        assert resp.status == 200
+        (tmp_path / "tokens.json").write_text('{"tokens": []}')  # revoked
+        await asyncio.sleep(1.5)  # the token file is looked at again within a second
+        await api.call("PUT", "/api/v1/apps/web", json=entry_doc())
+        rest = await asyncio.wait_for(resp.content.read(), 5)  # the stream ends
+    assert b"AppRegistered" not in rest
+
+
 async def test_sse_sends_heartbeats(api):
     headers = {"Authorization": f"Bearer {TOKENS['reader']}"}
     async with api.session.get(api.url("/api/v1/events/stream"), headers=headers) as resp:
