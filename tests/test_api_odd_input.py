@@ -41,6 +41,21 @@ async def test_body_that_is_not_utf8_is_400(tmp_path, method: str) -> None:
         assert await api.head_seq() == head
 
 
+@pytest.mark.parametrize("method", ["PUT", "PATCH"])
+@pytest.mark.parametrize("depth", [5000, 980])  # past the decoder's limit, or just within
+async def test_body_nested_too_deeply_is_400(tmp_path, method: str, depth: int) -> None:
+    async with running(make_config(tmp_path)) as api:
+        await api.call("PUT", "/api/v1/apps/web", json=entry_doc())
+        head = await api.head_seq()
+        raw = b'{"container":{"env":' + b'{"a":' * depth + b"1" + b"}" * (depth + 2)
+        status, body, resp = await api.call(
+            method, "/api/v1/apps/web", data=raw, headers={"Content-Type": "application/json"}
+        )
+        assert status == 400, body
+        assert resp.content_type == "application/problem+json"
+        assert await api.head_seq() == head
+
+
 @pytest.mark.parametrize(
     ("path", "field"), [("/api/v1/apps/web/deploy", "sha"), ("/api/v1/apps/web/rollback", "to")]
 )

@@ -7,6 +7,7 @@ in its fetch step: queued or running for as long as a test looks at it.
 
 from __future__ import annotations
 
+import hmac
 import secrets
 
 import pytest
@@ -162,6 +163,24 @@ async def unverified(api, d, reason: str) -> None:
     assert status == 401 and resp.content_type == PROBLEM and body["status"] == 401, body
     assert await api.head_seq() == head and await webhook_events(api) == []
     assert await rejected_count(api, reason) == seen + 1
+
+
+async def test_body_nested_too_deeply_is_401_when_unsigned_and_400_when_signed(api):
+    """The repository a body claims is read before the signature is checked: a body
+    nested past the decoder's depth must not turn a stranger's request into a 500."""
+    await track(api)
+    deep = b'{"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    forged = deliver("push", ForgeRepo().push(sha1()), "not-the-secret")
+    forged.body = deep
+    await unverified(api, forged, "bad_signature")
+    signed = only_signature(
+        deliver("push", ForgeRepo().push(sha1()), SECRET), "X-Forgejo-Signature"
+    )
+    signed.headers["X-Forgejo-Signature"] = hmac.new(SECRET.encode(), deep, "sha256").hexdigest()
+    status, body, resp = await api.call(
+        "POST", "/webhook/forgejo", role=None, data=deep, headers=signed.headers
+    )
+    assert status == 400 and resp.content_type == PROBLEM, body
 
 
 async def test_wrong_secret_is_401_and_never_recorded(api):

@@ -86,7 +86,7 @@ def claimed_repo(text: bytes) -> str | None:
     """repository.full_name as claimed by an unverified body; None if it cannot be read."""
     try:
         found = _repo_only.decode(text).repository
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):  # nested too deep
         return None
     return found.full_name if found else None
 

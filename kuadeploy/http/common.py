@@ -17,6 +17,9 @@ SERVICE: web.AppKey[Service] = web.AppKey("service", Service)
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY = 1024 * 1024
+# An entry is a few levels deep; a document that nests to the interpreter's recursion
+# limit would fail deep inside the code walking it (a 500), so it is refused first.
+MAX_DEPTH = 64
 INTEGER = re.compile(r"-?[0-9]{1,19}")  # ASCII digits only: int() also takes "٣" and "1_0"
 _encoder = msgspec.json.Encoder()
 
@@ -71,15 +74,33 @@ async def read_json(
     limit: int = MAX_BODY,
 ) -> Any:
     """The request's JSON document: 415 for another media type, 413 when too large,
-    400 when it is not JSON at all."""
+    400 when it is not JSON at all or nested deeper than MAX_DEPTH."""
     ctype = request.content_type
     if ctype not in types and not (ctype.startswith("application/") and ctype.endswith("+json")):
         raise ApiError(415, "Unsupported media type", f"send {' or '.join(types)}, not {ctype!r}")
     body = await read_body(request, limit)
     try:
-        return msgspec.json.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        doc = msgspec.json.decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:  # or too deep
         raise ApiError.bad_request(f"malformed JSON: {exc}") from exc
+    if not _nested_within(doc, MAX_DEPTH):
+        raise ApiError.bad_request(f"JSON nested deeper than {MAX_DEPTH} levels")
+    return doc
+
+
+def _nested_within(doc: Any, limit: int) -> bool:
+    """Without recursion: the code that walks a document (merge patch, diff) recurses."""
+    stack = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            node = node.values()
+        elif not isinstance(node, list):
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in node)
+    return True
 
 
 _TRUE, _FALSE = ("", "1", "true", "yes", "on"), ("0", "false", "no", "off")

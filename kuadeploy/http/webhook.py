@@ -107,7 +107,7 @@ def _delivery(request: web.Request, config: WebhookConfig, body: bytes) -> Deliv
     except msgspec.ValidationError as exc:
         error = ApiError(400, "Bad request", f"not a {event} payload: {exc}")
         raise Rejected("malformed", error) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise Rejected("malformed", ApiError.bad_request(f"malformed JSON: {exc}")) from None
     repo = payload.repository.full_name if payload.repository else None
     if scope == "repo" and repo != claimed:  # the repo secret must sign its own repo only
