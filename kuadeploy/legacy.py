@@ -23,7 +23,7 @@ def plan_legacy_import(raw: bytes, path: str, servers: set[str]) -> list[NewEven
     Every invalid entry is listed in one error: never a half-seeded registry."""
     try:
         doc: Any = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:  # or too deep
         raise LegacyImportError(f"{path}: not valid JSON: {exc}") from exc
     if isinstance(doc, dict) and isinstance(doc.get("apps"), dict):
         doc = doc["apps"]

@@ -305,3 +305,16 @@ async def test_events_page_params_are_checked(api):
     assert status == 400 and "limit" in body["detail"]
     status, body, _ = await api.call("GET", "/api/v1/events?after=x", role="reader")
     assert status == 400
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [(b'{"w\xff": {}}', "not valid JSON"), (b"[" * 100_000, "not valid JSON")],
+    ids=["not-utf8", "too-deep"],
+)
+async def test_a_legacy_file_not_utf8_or_nested_too_deep_is_a_startup_error(tmp_path, raw, why):
+    legacy = tmp_path / "legacy.json"
+    legacy.write_bytes(raw)
+    with pytest.raises(StartupError, match=why):
+        async with running(make_config(tmp_path / "d", legacy_registry=str(legacy))):
+            pass
