@@ -23,7 +23,7 @@ class ManifestError(ValueError):
 def parse_manifest(raw: bytes) -> dict[str, Any]:
     try:
         doc = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:  # or too deep
         raise ManifestError(f"{MANIFEST_FILE} is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise ManifestError(f"{MANIFEST_FILE} must be a JSON object")

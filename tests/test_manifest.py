@@ -133,3 +133,9 @@ async def test_import_manifest_from_a_file_and_the_errors(tmp_path: Path) -> Non
         assert weak.returncode == 2 and "403" in weak.stderr
     no_server = await _cli(REPO, "--file", str(path))
     assert no_server.returncode == 2 and "--url" in no_server.stderr
+
+
+@pytest.mark.parametrize("raw", [b'{"name": "w\xff"}', b"[" * 100_000], ids=["utf8", "deep"])
+def test_a_manifest_not_utf8_or_nested_too_deep_is_a_manifest_error(raw: bytes) -> None:
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        parse_manifest(raw)
