@@ -15,6 +15,17 @@ from urllib.parse import quote, urlencode, urlsplit
 DEFAULT_TIMEOUT_S = 30.0
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """The API never redirects, and urllib would send the Authorization header along
+    to whatever host a redirect names: a 3xx is an error (the check is --url's)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 class ClientError(Exception):
     """One line for the user: what went wrong and what to check."""
 
@@ -59,7 +70,7 @@ class Client:
                 headers["Last-Event-ID"] = last_id
             req = urllib.request.Request(self.url + path, headers=headers)
             try:
-                with urllib.request.urlopen(req, timeout=max(self._timeout, 60)) as resp:
+                with _OPENER.open(req, timeout=max(self._timeout, 60)) as resp:
                     ident = None
                     for raw in resp:
                         line = raw.decode().rstrip("\r\n")
@@ -91,7 +102,7 @@ class Client:
             headers["Content-Type"] = "application/json"
         req = urllib.request.Request(self.url + path, data, headers, method=method)
         try:
-            with urllib.request.urlopen(req, timeout=self._timeout) as resp:
+            with _OPENER.open(req, timeout=self._timeout) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             raise ClientError(_http_message(exc)) from None
@@ -115,6 +126,9 @@ _BROKEN = http.client.HTTPException
 def _http_message(exc: urllib.error.HTTPError) -> str:
     if exc.code == 401:
         return "unauthorized (check --token)"
+    if 300 <= exc.code < 400:
+        where = exc.headers.get("Location") if exc.headers else None
+        return f"redirected to {where}: not followed (check --url) (HTTP {exc.code})"
     try:
         problem = json.loads(exc.read())
         title, detail = problem.get("title"), problem.get("detail")
