@@ -47,19 +47,27 @@ class Client:
         self._timeout = timeout
 
     def history(self, app: str) -> dict[str, Any]:
-        return self.get(f"/api/v1/apps/{quote(app, safe='')}/history")
+        return self._shaped(self.get(f"/api/v1/apps/{quote(app, safe='')}/history"), "changes")
 
     def export(self, at: str | None) -> dict[str, Any]:
         return self.get("/api/v1/registry/export", {"at": at} if at else None)
 
     def deploy(self, app: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self.request("POST", f"/api/v1/apps/{quote(app, safe='')}/deploy", body)
+        answer = self.request("POST", f"/api/v1/apps/{quote(app, safe='')}/deploy", body)
+        return self._shaped(answer, "deploy_id")
 
     def runtime_status(self, app: str) -> dict[str, Any]:
         return self.get(f"/api/v1/apps/{quote(app, safe='')}/runtime-status")
 
     def deploy_view(self, deploy_id: str) -> dict[str, Any]:
-        return self.get(f"/api/v1/deploys/{quote(deploy_id, safe='')}")
+        return self._shaped(self.get(f"/api/v1/deploys/{quote(deploy_id, safe='')}"), "status")
+
+    def _shaped(self, doc: Any, key: str) -> dict[str, Any]:
+        """`doc` when it is an object with `key`: a wrong --url (another service, a
+        proxy's page) is a one-line error, not a KeyError in the caller."""
+        if not isinstance(doc, dict) or key not in doc:
+            raise ClientError(f"{self.url} answered JSON that is not kuadeploy's (check --url)")
+        return doc
 
     def events(self, path: str, last_id: str | None = None) -> Iterator[tuple[str, dict]]:
         """(id, data) of each Server-Sent Event at `path` until the server ends the
@@ -78,7 +86,7 @@ class Client:
                             ident = line[4:]
                         elif line.startswith("data: ") and ident is not None:
                             last_id = ident
-                            yield ident, json.loads(line[6:])
+                            yield ident, self._shaped(_json_or_none(line[6:]), "type")
                 return
             except urllib.error.HTTPError as exc:
                 raise ClientError(_http_message(exc)) from None
@@ -117,6 +125,13 @@ class Client:
             raise ClientError(f"{self.url} did not answer in HTTP: {_reason(exc)}") from None
         except json.JSONDecodeError:
             raise ClientError(f"{self.url} answered something that is not JSON") from None
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
 
 
 # An answer cut off or garbled mid-way (IncompleteRead, BadStatusLine, …).

@@ -216,3 +216,31 @@ async def test_a_redirect_is_not_followed_with_the_token():
     assert proc.stderr == (
         f"kuadeploy: redirected to {moved}: not followed (check --url) (HTTP 307)\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("command", "body"),
+    [(("deploy", "web"), b'{"ok": true}'), (("deploy", "web"), b"[]"), (("history", "web"), b"{}")],
+    ids=["deploy-other-json", "deploy-list", "history-other-json"],
+)
+async def test_json_that_is_not_the_apis_answer_is_a_one_line_error(command, body):
+    """Another service on --url (or a proxy) answering JSON of its own: no traceback."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def serve_once() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n"
+                conn.sendall(head.encode() + body)
+
+        serving = asyncio.get_running_loop().run_in_executor(None, serve_once)
+        proc = await cli(*command, "--url", f"http://127.0.0.1:{port}", "--token", "t")
+        await serving
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (
+        f"kuadeploy: http://127.0.0.1:{port} answered JSON that is not kuadeploy's (check --url)\n"
+    )
