@@ -23,7 +23,8 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_OPENER = urllib.request.build_opener(_NoRedirect)
+# for every request that carries a token (the witness's too)
+NO_REDIRECTS = urllib.request.build_opener(_NoRedirect)
 
 
 class ClientError(Exception):
@@ -78,7 +79,7 @@ class Client:
                 headers["Last-Event-ID"] = last_id
             req = urllib.request.Request(self.url + path, headers=headers)
             try:
-                with _OPENER.open(req, timeout=max(self._timeout, 60)) as resp:
+                with NO_REDIRECTS.open(req, timeout=max(self._timeout, 60)) as resp:
                     ident = None
                     for raw in resp:
                         line = raw.decode().rstrip("\r\n")
@@ -110,7 +111,7 @@ class Client:
             headers["Content-Type"] = "application/json"
         req = urllib.request.Request(self.url + path, data, headers, method=method)
         try:
-            with _OPENER.open(req, timeout=self._timeout) as resp:
+            with NO_REDIRECTS.open(req, timeout=self._timeout) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             raise ClientError(_http_message(exc)) from None

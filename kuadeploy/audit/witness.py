@@ -23,6 +23,7 @@ import msgspec
 
 from kuadeploy.audit.merkle import ProofError, verify_consistency
 from kuadeploy.audit.note import Checkpoint, NoteError, Verifier, open_checkpoint
+from kuadeploy.client import NO_REDIRECTS
 from kuadeploy.files import write_atomic
 
 CHECKPOINT_PATH = "/api/v1/audit/checkpoint"
@@ -152,7 +153,8 @@ def http_fetch(token: str | None, timeout: float = 30) -> Fetch:
         if token:
             request.add_header("Authorization", f"Bearer {token}")
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
+            # not urlopen: it follows a redirect to any host, the token along with it
+            with NO_REDIRECTS.open(request, timeout=timeout) as response:
                 return response.read(_MAX_BODY)
         except urllib.error.HTTPError as exc:
             raise FetchError(f"GET {url}: HTTP {exc.code} {exc.reason}") from None
