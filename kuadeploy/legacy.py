@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from collections import Counter
 from typing import Any
 
 import msgspec
@@ -25,6 +27,8 @@ def plan_legacy_import(raw: bytes, path: str, servers: set[str]) -> list[NewEven
         doc: Any = msgspec.json.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:  # or too deep
         raise LegacyImportError(f"{path}: not valid JSON: {exc}") from exc
+    if duplicates := _duplicate_keys(raw):  # a JSON decoder keeps the last one silently
+        raise LegacyImportError(f"{path}: duplicate keys, nothing imported: {duplicates}")
     if isinstance(doc, dict) and isinstance(doc.get("apps"), dict):
         doc = doc["apps"]
     if not isinstance(doc, dict):
@@ -47,3 +51,20 @@ def plan_legacy_import(raw: bytes, path: str, servers: set[str]) -> list[NewEven
     digest = hashlib.sha256(raw).hexdigest()
     marker = ev.LegacyRegistryImported(path=path, sha256=digest, apps=sorted(doc))
     return [NewEvent("system", marker), *items]
+
+
+def _duplicate_keys(raw: bytes) -> str:
+    """Keys an object of the document has twice, e.g. `web` (the first one would be
+    lost: an app missing or the wrong entry, with no word said)."""
+    found: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        counts = Counter(k for k, _ in items)
+        found.extend(sorted(k for k, n in counts.items() if n > 1))
+        return dict(items)
+
+    try:
+        json.loads(raw, object_pairs_hook=pairs)  # valid JSON already: msgspec read it
+    except RecursionError:  # deeper than any entry may be: validation says so
+        return ""
+    return ", ".join(repr(k) for k in found)

@@ -318,3 +318,18 @@ async def test_a_legacy_file_not_utf8_or_nested_too_deep_is_a_startup_error(tmp_
     with pytest.raises(StartupError, match=why):
         async with running(make_config(tmp_path / "d", legacy_registry=str(legacy))):
             pass
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"apps": {"web": {}}, "apps": {"api": {}}}', b'{"web": {"server": "a"}, "web": {}}'],
+    ids=["two-apps-objects", "one-app-twice"],
+)
+async def test_a_legacy_file_with_duplicate_keys_is_a_startup_error(tmp_path, raw):
+    # a JSON decoder keeps the last of two equal keys: an app went missing, or the
+    # wrong entry was imported, and the server started without a word
+    legacy = tmp_path / "legacy.json"
+    legacy.write_bytes(raw)
+    with pytest.raises(StartupError, match="duplicate keys, nothing imported"):
+        async with running(make_config(tmp_path / "d", legacy_registry=str(legacy))):
+            pass
