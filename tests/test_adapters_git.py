@@ -320,3 +320,9 @@ def test_private_repo_over_http_needs_the_token(
         Mirror.sync(url, tmp_path / "m2", Credentials(token="wrong"))
     mirror = Mirror.sync(url, tmp_path / "m3", Credentials(token=token))
     assert mirror.branch_head("main") == head
+
+
+def test_an_empty_url_is_a_git_error(tmp_path):
+    # pygit2 raised InvalidSpecError ("cannot set empty URL"), past every GitError handler
+    with pytest.raises(GitError, match="empty"):
+        Mirror.sync("", tmp_path / "mirror.git")

@@ -102,11 +102,14 @@ class Mirror:
                 repo = pygit2.init_repository(str(path), bare=True)
         except pygit2.GitError as e:
             raise GitError(_explained(e)) from e
-        if "origin" in repo.remotes.names():
-            if repo.remotes["origin"].url != url:
-                repo.remotes.set_url("origin", url)
-        else:
-            repo.remotes.create("origin", url, _REFSPEC)
+        try:
+            if "origin" in repo.remotes.names():
+                if repo.remotes["origin"].url != url:
+                    repo.remotes.set_url("origin", url)
+            else:
+                repo.remotes.create("origin", url, _REFSPEC)
+        except (pygit2.GitError, ValueError) as e:  # an empty URL: InvalidSpecError
+            raise GitError(f"{url!r}: {_explained(e)}") from e
         mirror = cls(repo)
         mirror.fetch(credentials)
         return mirror
