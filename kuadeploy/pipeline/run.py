@@ -27,7 +27,7 @@ from kuadeploy.adapters.docker import BuildFailed, EngineError
 from kuadeploy.adapters.docker_specs import BUILD_ARG_SHA, LABEL_APP, release_labels
 from kuadeploy.config import Config
 from kuadeploy.entry import AppEntry, container_name
-from kuadeploy.ledger import Ledger, NewEvent
+from kuadeploy.ledger import ConflictError, Ledger, NewEvent
 from kuadeploy.notify import Notifier
 from kuadeploy.pipeline import source
 from kuadeploy.pipeline.engines import EnginePool
@@ -80,6 +80,8 @@ class DeployRun:
         self.app = view.app
         self.request = view
         self.stream = f"deploy/{view.id}"
+        # the stream's version when the worker chose it (the view itself folds on)
+        self.queued_version = len(view.events)
         self.stop_reason: str | None = None  # set by the runner before it cancels us
         self.switched = False
         # Rolling back: only shutdown may interrupt the restore (it makes a switch safe).
@@ -140,10 +142,11 @@ class DeployRun:
 
     async def _run(self) -> None:
         if self.entry is None:
-            await self.emit(ev.DeployFailed(self.app, "the app is no longer registered"))
+            await self._claim(ev.DeployFailed(self.app, "the app is no longer registered"))
+            return
+        if not await self._claim(ev.DeployStarted(self.app, self.request.sha)):
             return
         entry = self.entry
-        await self.emit(ev.DeployStarted(self.app, self.request.sha))
         if self.request.image_id is not None:  # a rollback request: a retained image
             sha, image_id = self.request.sha or "", self.request.image_id
         else:
@@ -527,6 +530,19 @@ class DeployRun:
             sha=sha,
             resolved_env=env,
         )
+
+    async def _claim(self, first: ev.EventData) -> bool:
+        """Append the run's first event only if the stream is still as the worker saw
+        it queued: a request or cancel in between may have superseded or cancelled it,
+        and a deploy with its outcome recorded must never run (False: nothing to do)."""
+        item = NewEvent(self.stream, first, self.queued_version)
+        try:
+            await asyncio.shield(self.ctx.ledger.append([item], actor=ACTOR))
+        except ConflictError:
+            self.ended = True  # ended by whoever appended first
+            return False
+        self.ended = isinstance(first, _TERMINAL)
+        return True
 
     async def emit(self, data: ev.EventData) -> None:
         # Shielded: a cancel arriving mid-append must not leave the event half-decided.
