@@ -26,7 +26,7 @@ from projections.runtime import Runtime, fold_runtime
 
 # Bump whenever a projection's state shape or fold changes: older snapshots are then
 # ignored and the state is rebuilt from the events.
-SNAPSHOT_FORMAT = 3
+SNAPSHOT_FORMAT = 4
 DEFAULT_SNAPSHOT_EVERY = 4096
 
 

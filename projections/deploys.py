@@ -212,7 +212,7 @@ def _finish(view: DeployView, ev: Envelope, status: str, reason: str | None = No
 
 class Deploys(msgspec.Struct):
     views: dict[str, DeployView] = {}  # active deploys and each app's latest
-    latest: dict[str, str] = {}  # app -> id of its most recently requested deploy
+    latest: dict[str, str] = {}  # app -> id of its most recently requested or started deploy
 
 
 def fold_deploys(state: Deploys, ev: Envelope) -> Deploys:
@@ -226,10 +226,12 @@ def fold_deploys(state: Deploys, ev: Envelope) -> Deploys:
     if view is None:
         return state
     state.views[deploy] = view
-    if isinstance(ev.data, DeployRequested):
+    # the latest is the newest request, or a deploy queued earlier that starts after it
+    # (a recovery runs first): progress shows what runs now
+    if isinstance(ev.data, DeployRequested | DeployStarted):
         previous = state.latest.get(view.app)
         state.latest[view.app] = deploy
-        if previous is not None:
+        if previous is not None and previous != deploy:
             _forget_if_done(state, previous)
     if view.status not in ACTIVE:
         _forget_if_done(state, deploy)

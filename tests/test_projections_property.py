@@ -189,3 +189,30 @@ def test_an_unverified_rollback_fails_the_deploy_and_keeps_the_last_verified_rel
     assert last_verified(runtime).sha == a  # what the next deploy restores
     fold(state, envelope(7, "deploy/d3", ev.DeploySucceeded(app="web", sha=b, image_id="sha256:b")))
     assert runtime.switching is None and last_verified(runtime).sha == b
+
+
+def test_progress_follows_a_queued_deploy_that_starts_after_a_newer_recovery():
+    """After a crash, start-up queues a recovery deploy that runs before the deploys
+    queued earlier; those then run. `progress` (the app's latest deploy) stayed on the
+    finished recovery while the older deploy ran and after it ended: "current or last
+    deploy" showed neither."""
+    from kuadeploy.projector import fold
+
+    def envelope(seq: int, stream: str, data) -> ev.Envelope:
+        ts = f"2026-01-01T00:00:{seq:02d}.000000Z"
+        return ev.envelope(data, seq=seq, ts=ts, stream=stream, version=1, actor="t")
+
+    a, b = "a" * 40, "b" * 40
+    history = [
+        ("deploy/queued", ev.DeployRequested(app="web", trigger="rollback", sha=b)),
+        ("deploy/rescue", ev.DeployRequested(app="web", trigger="recovery", sha=a)),
+        ("deploy/rescue", ev.DeployStarted(app="web", sha=a)),
+        ("deploy/rescue", ev.DeploySucceeded(app="web", sha=a, image_id="sha256:a")),
+        ("deploy/queued", ev.DeployStarted(app="web", sha=b)),
+    ]  # fmt: skip
+    state = State()
+    for seq, (stream, data) in enumerate(history, 1):
+        fold(state, envelope(seq, stream, data))
+    assert state.deploys.latest["web"] == "queued"
+    assert state.deploys.views["queued"].status == "running"
+    assert "rescue" not in state.deploys.views  # finished and no longer latest
