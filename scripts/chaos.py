@@ -36,7 +36,7 @@ class LoggedServer(Server):
         import os
 
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        log = open(self.tmp / "serve.log", "ab")
+        log = open(self.tmp / "serve.log", "ab")  # noqa: SIM115 - the server's, while it runs
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kuadeploy", "serve", "--config", str(self.config)],
             env=env,
@@ -110,7 +110,7 @@ class Chaos:
         self.git_locks = {a.name: threading.Lock() for a in self.apps}
         self.deploy_ids: set[str] = set()
         self.violations: list[str] = []
-        self.log = open(self.tmp / "ops.log", "a")
+        self.log = open(self.tmp / "ops.log", "a")  # noqa: SIM115 - open for the whole run
         self.lock = threading.Lock()
 
     def note(self, text: str) -> None:
@@ -274,8 +274,9 @@ class Chaos:
             csha = (rt.get("container") or {}).get("sha")
             if rt.get("drift") is not False or csha != end["data"]["sha"]:
                 self.violations.append(
-                    f"[{label}] {app.name} last deploy {deploy_id} succeeded sha={end['data']['sha']} "
-                    f"but runtime drift={rt.get('drift')} container sha={csha} rt={json.dumps(rt)[:600]}"
+                    f"[{label}] {app.name} last deploy {deploy_id} succeeded "
+                    f"sha={end['data']['sha']} but runtime drift={rt.get('drift')} "
+                    f"container sha={csha} rt={json.dumps(rt)[:600]}"
                 )
         self.note(f"check {label}: {len(evs)} events, violations so far {len(self.violations)}")
 
