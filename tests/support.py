@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from kuadeploy import events as ev
@@ -62,3 +66,40 @@ def run_cli(
         timeout=timeout,
         cwd=ROOT,
     )
+
+
+@contextlib.contextmanager
+def redirecting_server() -> Iterator[tuple[str, str, list[bytes]]]:
+    """(its URL, where it redirects, the requests it got): a server on 127.0.0.1 that
+    answers a first request with 307 to another origin (localhost) and a second with
+    200 `{}`, so a client that follows the redirect shows up as a second request."""
+    seen: list[bytes] = []
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(2)  # a client that follows comes back at once
+        port = server.getsockname()[1]
+        moved = f"http://localhost:{port}/elsewhere"
+
+        def serve() -> None:
+            for _ in range(2):
+                try:
+                    conn, _ = server.accept()
+                except TimeoutError:
+                    return
+                with conn:
+                    seen.append(conn.recv(65536))
+                    if len(seen) == 1:
+                        conn.sendall(
+                            f"HTTP/1.1 307 Temporary Redirect\r\nLocation: {moved}\r\n"
+                            "Content-Length: 0\r\n\r\n".encode()
+                        )
+                    else:
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{port}", moved, seen
+        finally:
+            thread.join()

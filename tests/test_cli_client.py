@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from tests.api_support import TOKENS, entry_doc, make_config, running
-from tests.support import run_cli
+from tests.support import redirecting_server, run_cli
 
 
 @pytest.fixture
@@ -184,33 +184,8 @@ async def test_a_malformed_url_is_a_one_line_error(url):
 async def test_a_redirect_is_not_followed_with_the_token():
     """urllib follows a redirect to any host with the same Authorization header: a proxy
     or a wrong --url answering 307 to another host would receive the token."""
-    seen: list[bytes] = []
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        server.settimeout(5)
-        port = server.getsockname()[1]
-        moved = f"http://localhost:{port}/elsewhere"  # another host: another origin
-
-        def serve() -> None:
-            for _ in range(2):
-                try:
-                    conn, _ = server.accept()
-                except TimeoutError:
-                    return
-                with conn:
-                    seen.append(conn.recv(65536))
-                    if len(seen) == 1:
-                        conn.sendall(
-                            f"HTTP/1.1 307 Temporary Redirect\r\nLocation: {moved}\r\n"
-                            "Content-Length: 0\r\n\r\n".encode()
-                        )
-                    else:
-                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-
-        serving = asyncio.get_running_loop().run_in_executor(None, serve)
-        proc = await cli("export", "--url", f"http://127.0.0.1:{port}", "--token", "s3cret")
-        await serving
+    with redirecting_server() as (url, moved, seen):
+        proc = await cli("export", "--url", url, "--token", "s3cret")
     assert [b"s3cret" in request for request in seen] == [True]
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr == (

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
-import threading
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ from kuadeploy.audit.keys import load_signer
 from kuadeploy.audit.startup import AuditedLedger, open_checked
 from kuadeploy.audit.witness import FetchError, http_fetch
 from kuadeploy.config import Config
-from tests.support import register, run_cli
+from tests.support import redirecting_server, register, run_cli
 
 TOKEN = "reader-token"
 
@@ -179,30 +177,6 @@ async def test_no_server_or_no_token_is_not_a_verdict(server, tmp_path):
 
 def test_the_witness_follows_no_redirect_with_its_token():
     """urllib.request.urlopen follows a 307 to any host with the Authorization header."""
-    seen: list[bytes] = []
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        server.settimeout(5)
-        port = server.getsockname()[1]
-
-        def serve() -> None:
-            for _ in range(2):
-                try:
-                    conn, _ = server.accept()
-                except TimeoutError:
-                    return
-                with conn:
-                    seen.append(conn.recv(65536))
-                    moved = f"http://localhost:{port}/elsewhere"
-                    conn.sendall(
-                        f"HTTP/1.1 307 Temporary Redirect\r\nLocation: {moved}\r\n"
-                        "Content-Length: 0\r\n\r\n".encode()
-                    )
-
-        thread = threading.Thread(target=serve)
-        thread.start()
-        with pytest.raises(FetchError, match="HTTP 307"):
-            http_fetch("s3cret", timeout=5)(f"http://127.0.0.1:{port}/api/v1/audit/checkpoint")
-        thread.join()
+    with redirecting_server() as (url, _moved, seen), pytest.raises(FetchError, match="307"):
+        http_fetch("s3cret", timeout=5)(f"{url}/api/v1/audit/checkpoint")
     assert [b"s3cret" in request for request in seen] == [True]
