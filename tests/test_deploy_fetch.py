@@ -3,9 +3,14 @@ step: its thread ends, and no other git work, of this app or another, waits on i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
+import subprocess
 import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kuadeploy.adapters import git
@@ -14,6 +19,7 @@ from kuadeploy.pipeline import source
 from tests.api_support import entry_doc, make_config, running
 from tests.deploy_support import deploy, wait_status
 from tests.fixtures.testapp import git as run_git
+from tests.image_support import free_port
 from tests.test_adapters_git import Upstream
 from tests.webhook_support import stalled_forge  # noqa: F401  (fixture)
 
@@ -39,10 +45,61 @@ async def test_timed_out_fetches_leave_no_thread_hanging(tmp_path, stalled_forge
         assert fetch["detail"]["sha"] == sha
 
 
-def fetch(upstream: Upstream, tmp_path: Path, work: str, ended: threading.Event) -> str:
+def fetch(
+    upstream: Upstream, tmp_path: Path, work: str, ended: threading.Event, url: str = ""
+) -> str:
     mirror, work_dir = tmp_path / "repos" / "web", tmp_path / "work" / work
-    args = (upstream.url, mirror, "main", None, False, None, work_dir, False, 10.0, ended)
+    args = (url or upstream.url, mirror, "main", None, False, None, work_dir, False, 10.0, ended)
     return source.fetch_and_export(*args)
+
+
+@contextlib.contextmanager
+def git_daemon(base: Path, on_connect: Callable[[], None]) -> Iterator[str]:
+    """git://127.0.0.1:PORT/ of a real `git daemon` serving `base`, reached through a
+    relay that calls on_connect() as each fetch connects: something happens while a
+    fetch is under way."""
+    daemon_port = free_port()
+    daemon = subprocess.Popen(
+        ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}",
+         "--listen=127.0.0.1", f"--port={daemon_port}", str(base)],
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    relay = socket.create_server(("127.0.0.1", 0))
+    relay.settimeout(0.2)
+    done = threading.Event()
+
+    def pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def accept() -> None:
+        while not done.is_set():
+            try:
+                client = relay.accept()[0]
+            except TimeoutError:
+                continue
+            on_connect()
+            upstream = socket.create_connection(("127.0.0.1", daemon_port))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=pump, args=(a, b), daemon=True).start()
+
+    for _ in range(100):  # until the daemon listens
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", daemon_port)):
+            break
+        time.sleep(0.05)
+    acceptor = threading.Thread(target=accept)
+    acceptor.start()
+    try:
+        yield f"git://127.0.0.1:{relay.getsockname()[1]}/"
+    finally:
+        done.set()
+        acceptor.join()
+        relay.close()
+        daemon.terminate()
+        daemon.wait()
 
 
 def test_one_mirror_serves_one_fetch_at_a_time(tmp_path):
@@ -71,7 +128,7 @@ def test_one_mirror_serves_one_fetch_at_a_time(tmp_path):
     assert set(heads) == {run_git(upstream.work, "rev-parse", "HEAD")}
 
 
-def test_a_run_that_ended_meanwhile_keeps_no_export(tmp_path, monkeypatch):
+def test_a_run_that_ended_meanwhile_keeps_no_export(tmp_path):
     upstream = Upstream(tmp_path / "upstream")
     upstream.commit({"Dockerfile": "FROM scratch\n"})
     ended = threading.Event()
@@ -85,17 +142,14 @@ def test_a_run_that_ended_meanwhile_keeps_no_export(tmp_path, monkeypatch):
     waiting.join()
     assert errors == ["the deploy ended before its fetch began"]
     assert not (tmp_path / "work" / "late").exists()
-    # the run ends while its thread exports: the thread removes what it wrote
+    # the run ends while its thread fetches: the thread removes the export it then makes
     ended = threading.Event()
-    real = git.Mirror.export
-
-    def export_as_the_run_ends(self, sha: str, dest: Path) -> None:
-        ended.set()
-        real(self, sha, dest)
-
-    monkeypatch.setattr(git.Mirror, "export", export_as_the_run_ends)
-    fetch(upstream, tmp_path, "late", ended)
+    with git_daemon(upstream.bare.parent, ended.set) as base:
+        fetch(upstream, tmp_path, "late", ended, url=base + upstream.bare.name)
+    assert ended.is_set()
     assert not (tmp_path / "work" / "late").exists()
+    fetch(upstream, tmp_path, "kept", threading.Event())  # the same fetch, run not ended
+    assert (tmp_path / "work" / "kept" / "src" / "Dockerfile").exists()
 
 
 def _fails(upstream: Upstream, tmp_path: Path, ended: threading.Event) -> str:
