@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
+# What decoding untrusted JSON bytes raises: not JSON, not UTF-8 (msgspec lets some
+# through as UnicodeDecodeError), or nested past the interpreter's recursion limit.
+MALFORMED_JSON = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
 
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7396 §2: apply `patch` to `target`, returning a new document."""

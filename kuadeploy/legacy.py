@@ -11,6 +11,7 @@ import msgspec
 
 from kuadeploy import events as ev
 from kuadeploy.commands.registry import container_taken
+from kuadeploy.jsondoc import MALFORMED_JSON
 from kuadeploy.ledger import NewEvent
 from kuadeploy.validation import check_app_name, validate_entry
 from projections.registry import AppState
@@ -25,7 +26,7 @@ def plan_legacy_import(raw: bytes, path: str, servers: set[str]) -> list[NewEven
     Every invalid entry is listed in one error: never a half-seeded registry."""
     try:
         doc: Any = msgspec.json.decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:  # or too deep
+    except MALFORMED_JSON as exc:
         raise LegacyImportError(f"{path}: not valid JSON: {exc}") from exc
     if duplicates := _duplicate_keys(raw):  # a JSON decoder keeps the last one silently
         raise LegacyImportError(f"{path}: duplicate keys, nothing imported: {duplicates}")

@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from kuadeploy.jsondoc import merge_patch
+from kuadeploy.jsondoc import MALFORMED_JSON, merge_patch
 from kuadeploy.validation import APP_NAME
 
 MANIFEST_FILE = "kua.json"
@@ -23,7 +23,7 @@ class ManifestError(ValueError):
 def parse_manifest(raw: bytes) -> dict[str, Any]:
     try:
         doc = msgspec.json.decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:  # or too deep
+    except MALFORMED_JSON as exc:
         raise ManifestError(f"{MANIFEST_FILE} is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise ManifestError(f"{MANIFEST_FILE} must be a JSON object")

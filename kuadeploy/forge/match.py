@@ -36,8 +36,9 @@ def apps_of_repo(entries: dict[str, AppEntry], repo: Repository) -> dict[str, Ap
     them: the signature binds a repo's own secret to that name only, and the URLs
     beside it are whatever the signer wrote — another repository's, even."""
     name = repo.full_name.casefold()
-    urls = {repo_key(u) for u in (repo.clone_url, repo.ssh_url, repo.html_url) if u.strip()}
-    urls = {key for key in urls if key.endswith("/" + repo.full_name.lower())}  # as repo_key
+    own = "/" + repo.full_name.lower()  # lowercased as repo_key does
+    given = (repo.clone_url, repo.ssh_url, repo.html_url)
+    urls = {key for u in given if u.strip() and (key := repo_key(u)).endswith(own)}
     return {
         app: entry
         for app, entry in entries.items()

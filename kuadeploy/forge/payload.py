@@ -11,6 +11,8 @@ from typing import Annotated
 
 import msgspec
 
+from kuadeploy.jsondoc import MALFORMED_JSON
+
 OBJECT_ID = r"^[0-9a-fA-F]{40}([0-9a-fA-F]{24})?$"
 ObjectId = Annotated[str, msgspec.Meta(pattern=OBJECT_ID)]
 _ZERO = re.compile(r"^0+$")
@@ -86,7 +88,7 @@ def claimed_repo(text: bytes) -> str | None:
     """repository.full_name as claimed by an unverified body; None if it cannot be read."""
     try:
         found = _repo_only.decode(text).repository
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):  # nested too deep
+    except (*MALFORMED_JSON, msgspec.ValidationError):
         return None
     return found.full_name if found else None
 

@@ -16,7 +16,7 @@ from kuadeploy.http import openapi as openapi_routes
 from kuadeploy.http import registry as registry_routes
 from kuadeploy.http import webhook as webhook_routes
 from kuadeploy.http.access import RequestLog
-from kuadeploy.http.common import PRINCIPAL, SERVICE, Handler, problem_response
+from kuadeploy.http.common import PRINCIPAL, SERVICE, Handler, bearer_token, problem_response
 from kuadeploy.http.metrics import Metrics
 from kuadeploy.service import Service
 from kuadeploy.tokens import Principal, TokenBook
@@ -64,9 +64,8 @@ _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="kuadeploy"'}  # RFC 6750 §3
 
 
 def _authenticate(request: web.Request, tokens: TokenBook, role: str) -> Principal:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    # RFC 9110 §11.1: the scheme is case-insensitive
-    who = tokens.authenticate(token.strip()) if scheme.lower() == "bearer" else None
+    token = bearer_token(request)
+    who = tokens.authenticate(token) if token is not None else None
     if who is None:
         raise ApiError(401, "Unauthorized", "a valid bearer token is required")
     request[PRINCIPAL] = who

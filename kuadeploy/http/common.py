@@ -10,6 +10,7 @@ import msgspec
 from aiohttp import web
 
 from kuadeploy.errors import ApiError
+from kuadeploy.jsondoc import MALFORMED_JSON
 from kuadeploy.service import Service
 from kuadeploy.tokens import Principal
 
@@ -32,6 +33,13 @@ def requires(role: str) -> Callable[[Handler], Handler]:
         return handler
 
     return mark
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The token of `Authorization: Bearer <token>` (RFC 9110 §11.1: the scheme is
+    case-insensitive); None for another scheme or none."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
 
 
 def service(request: web.Request) -> Service:
@@ -81,7 +89,7 @@ async def read_json(
     body = await read_body(request, limit)
     try:
         doc = msgspec.json.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:  # or too deep
+    except MALFORMED_JSON as exc:
         raise ApiError.bad_request(f"malformed JSON: {exc}") from exc
     # Nesting needs as many brackets; counting them in C spares the walk of a PATCH.
     deep = body.count(b"{") + body.count(b"[") > MAX_DEPTH

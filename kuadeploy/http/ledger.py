@@ -7,6 +7,7 @@ from aiohttp import web
 
 from kuadeploy import GIT_SHA, __version__
 from kuadeploy.http.common import (
+    bearer_token,
     flag,
     int_param,
     json_response,
@@ -79,11 +80,11 @@ async def sse(request, after, fetch, render, done=lambda: False) -> web.StreamRe
     )
     await response.prepare(request)
     heartbeat = svc.config.sse_heartbeat_s
-    _, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = bearer_token(request) or ""
     while not svc.notifier.closed:
         # A stream is one request that never ends: once its token is revoked it must
         # stop getting the ledger, as every other request of that token does.
-        if svc.tokens.authenticate(token.strip()) is None:
+        if svc.tokens.authenticate(token) is None:
             break
         finished = done()  # before the read: an end committed during it is still sent
         page = await fetch(after)

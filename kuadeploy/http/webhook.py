@@ -22,6 +22,7 @@ from kuadeploy.forge import signature as sig
 from kuadeploy.forge.receiver import WebhookReceiver
 from kuadeploy.http.common import json_response, read_body
 from kuadeploy.http.metrics import Metrics
+from kuadeploy.jsondoc import MALFORMED_JSON
 from kuadeploy.service import Service
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def _delivery(request: web.Request, config: WebhookConfig, body: bytes) -> Deliv
     except msgspec.ValidationError as exc:
         error = ApiError(400, "Bad request", f"not a {event} payload: {exc}")
         raise Rejected("malformed", error) from None
-    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested too deep
+    except MALFORMED_JSON as exc:
         raise Rejected("malformed", ApiError.bad_request(f"malformed JSON: {exc}")) from None
     repo = payload.repository.full_name if payload.repository else None
     if scope == "repo" and repo != claimed:  # the repo secret must sign its own repo only

@@ -535,19 +535,18 @@ class DeployRun:
         """Append the run's first event only if the stream is still as the worker saw
         it queued: a request or cancel in between may have superseded or cancelled it,
         and a deploy with its outcome recorded must never run (False: nothing to do)."""
-        item = NewEvent(self.stream, first, self.queued_version)
         try:
-            await asyncio.shield(self.ctx.ledger.append([item], actor=ACTOR))
+            await self.emit(first, expected_version=self.queued_version)
         except ConflictError:
             self.ended = True  # ended by whoever appended first
             return False
-        self.ended = isinstance(first, _TERMINAL)
         return True
 
-    async def emit(self, data: ev.EventData) -> None:
+    async def emit(self, data: ev.EventData, expected_version: int | None = None) -> None:
         # Shielded: a cancel arriving mid-append must not leave the event half-decided.
         self.ended = self.ended or isinstance(data, _TERMINAL)
-        await asyncio.shield(self.ctx.ledger.append([NewEvent(self.stream, data)], actor=ACTOR))
+        item = NewEvent(self.stream, data, expected_version)
+        await asyncio.shield(self.ctx.ledger.append([item], actor=ACTOR))
         if isinstance(data, ev.RollbackStarted):
             self.restore_recorded.set()
 

@@ -7,6 +7,7 @@ never enter events, logs, API responses or exports.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 from collections import Counter
@@ -50,10 +51,16 @@ def mask(text: str, values: Iterable[str]) -> str:
     are skipped (they would match everywhere). A value is also masked as JSON writes
     it (quotes, backslashes, newlines, non-ASCII escaped): health answers are JSON.
     """
-    wanted = sorted({form for v in values if v for form in _forms(v)}, key=len, reverse=True)
-    if not wanted:
-        return text
-    return re.sub("|".join(map(re.escape, wanted)), MARKER, text)
+    pattern = _pattern(frozenset(v for v in values if v))
+    return text if pattern is None else pattern.sub(MARKER, text)
+
+
+@functools.lru_cache(maxsize=64)
+def _pattern(values: frozenset[str]) -> re.Pattern[str] | None:
+    """One compiled alternation per set of values: the server log masks every line
+    with the same few values while deploys run."""
+    wanted = sorted({form for v in values for form in _forms(v)}, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, wanted))) if wanted else None
 
 
 def _forms(value: str) -> set[str]:
