@@ -17,7 +17,6 @@ from kuadeploy.http.common import (
     service,
 )
 from kuadeploy.http.ledger import event_json, sse
-from kuadeploy.jsondoc import MALFORMED_JSON
 from projections.deploys import ACTIVE
 
 routes = web.RouteTableDef()
@@ -33,7 +32,7 @@ async def _body(request: web.Request, cls: type) -> object:
         return msgspec.json.decode(raw, type=cls)
     except msgspec.ValidationError as exc:
         raise ApiError.invalid_one("$", str(exc), "Invalid request") from exc
-    except MALFORMED_JSON as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ApiError.bad_request(f"malformed JSON: {exc}") from exc
 
 
