@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
+import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -144,6 +147,31 @@ async def test_connection_refused_says_so():
     )
 
 
+@contextlib.contextmanager
+def answering_once(answer: bytes) -> Iterator[str]:
+    """http://127.0.0.1:PORT of a server that reads one request and sends `answer`."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(10)
+
+        def serve_once() -> None:
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:  # nobody came
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(answer)
+
+        serving = threading.Thread(target=serve_once)
+        serving.start()
+        try:
+            yield f"http://127.0.0.1:{server.getsockname()[1]}"
+        finally:
+            serving.join()
+
+
 @pytest.mark.parametrize(
     "answer",
     [
@@ -155,22 +183,10 @@ async def test_connection_refused_says_so():
 async def test_a_dropped_or_garbled_answer_is_a_one_line_error(answer):
     """urllib wraps only errors before the answer; the rest must not be a traceback
     (`deploy` and `--follow` retry on a client error, never on a crash)."""
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        port = server.getsockname()[1]
-
-        def serve_once() -> None:
-            conn, _ = server.accept()
-            with conn:
-                conn.recv(65536)
-                conn.sendall(answer)
-
-        serving = asyncio.get_running_loop().run_in_executor(None, serve_once)
-        proc = await cli("export", "--url", f"http://127.0.0.1:{port}", "--token", "t")
-        await serving
+    with answering_once(answer) as url:
+        proc = await cli("export", "--url", url, "--token", "t")
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.startswith(f"kuadeploy: http://127.0.0.1:{port} ")
+    assert proc.stderr.startswith(f"kuadeploy: {url} ")
     assert proc.stderr.count("\n") == 1, proc.stderr
 
 
@@ -200,22 +216,8 @@ async def test_a_redirect_is_not_followed_with_the_token():
 )
 async def test_json_that_is_not_the_apis_answer_is_a_one_line_error(command, body):
     """Another service on --url (or a proxy) answering JSON of its own: no traceback."""
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        port = server.getsockname()[1]
-
-        def serve_once() -> None:
-            conn, _ = server.accept()
-            with conn:
-                conn.recv(65536)
-                head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n"
-                conn.sendall(head.encode() + body)
-
-        serving = asyncio.get_running_loop().run_in_executor(None, serve_once)
-        proc = await cli(*command, "--url", f"http://127.0.0.1:{port}", "--token", "t")
-        await serving
+    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n"
+    with answering_once(head.encode() + body) as url:
+        proc = await cli(*command, "--url", url, "--token", "t")
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr == (
-        f"kuadeploy: http://127.0.0.1:{port} answered JSON that is not kuadeploy's (check --url)\n"
-    )
+    assert proc.stderr == f"kuadeploy: {url} answered JSON that is not kuadeploy's (check --url)\n"

@@ -86,18 +86,24 @@ echo "no sha here, but pw=$DB_PASSWORD"
 """
 
 
+async def deploy_with_healthz(api, sample_app, healthz: str) -> dict:
+    """The app with the secret DB_PASSWORD in its env and `healthz` as its health
+    script, deployed to its end (a 2 s verify)."""
+    entry = sample_app.entry("a")
+    entry["container"]["env"] = {"DB_PASSWORD": {"secret": "web/db"}}
+    entry["verify"]["timeout_s"] = 2
+    await register(api, sample_app, container=entry["container"], verify=entry["verify"])
+    sample_app.commit({"www/cgi-bin/healthz": healthz}, "a health script that echoes the env")
+    return await wait_status(api, await deploy(api, sample_app.name))
+
+
 async def test_a_health_answer_echoing_a_secret_records_only_the_marker(
     tmp_path, docker_a, sample_app, provider, caplog
 ):
     caplog.set_level(logging.DEBUG)
     data = tmp_path / "data"
     async with deploy_service(data, docker_a, secrets=provider) as api:
-        entry = sample_app.entry("a")
-        entry["container"]["env"] = {"DB_PASSWORD": {"secret": "web/db"}}
-        entry["verify"]["timeout_s"] = 2
-        await register(api, sample_app, container=entry["container"], verify=entry["verify"])
-        sample_app.commit({"www/cgi-bin/healthz": LEAKY_HEALTHZ}, "healthz echoes the env")
-        view = await wait_status(api, await deploy(api, sample_app.name))
+        view = await deploy_with_healthz(api, sample_app, LEAKY_HEALTHZ)
         # the first release: nothing to roll back to, so failed (the app left stopped)
         assert view["status"] == "failed" and "left stopped" in view["reason"], view
         verify = next(s for s in view["steps"] if s["name"] == "verify")
@@ -122,12 +128,7 @@ async def test_a_json_health_answer_echoing_a_secret_records_only_the_marker(
     """JSON escapes the quotes in the value: the escaped form is the value all the same."""
     data = tmp_path / "data"
     async with deploy_service(data, docker_a, secrets=provider) as api:
-        entry = sample_app.entry("a")
-        entry["container"]["env"] = {"DB_PASSWORD": {"secret": "web/db"}}
-        entry["verify"]["timeout_s"] = 2
-        await register(api, sample_app, container=entry["container"], verify=entry["verify"])
-        sample_app.commit({"www/cgi-bin/healthz": JSON_HEALTHZ}, "healthz answers JSON")
-        view = await wait_status(api, await deploy(api, sample_app.name))
+        view = await deploy_with_healthz(api, sample_app, JSON_HEALTHZ)
         assert view["status"] == "failed", view
         assert f'{{"db": "{MARKER}"}}' in view["reason"], view["reason"]
         status, events, _ = await api.call("GET", "/api/v1/events?limit=1000")
